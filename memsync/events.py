@@ -1,0 +1,375 @@
+"""Events: the wire format of the log (ARCHITECTURE.md section 3).
+
+Events are frozen, tagged, keyword-only msgspec Structs in one union,
+:data:`Event`. Input is decoded by one reusable typed decoder and then checked
+by :func:`validate` (rules msgspec types cannot say: a non-empty text, a scope,
+a finite vector). A recorded event (:class:`RecordedEvent`) wraps the input
+event with what the log adds: ``seq``, ``version``, ``recorded_at``,
+``event_id``, ``prev_hash`` and ``hash``.
+
+Schema evolution: new fields get defaults, a field never changes type, a tag is
+never renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Final, Literal, TypeAlias
+
+import msgspec
+
+from memsync.errors import InputError
+
+GENESIS_HASH: Final = "0" * 64
+SCOPE_FIELDS: Final = ("user_id", "agent_id", "run_id")
+
+
+class Entity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """An entity a memory mentions; ``name`` is compared normalized."""
+
+    name: str
+    type: str | None = None
+
+
+class Relation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A fact ``(source, relation, target)`` asserted by one memory."""
+
+    source: str
+    relation: str
+    target: str
+
+
+class _Event(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    tag_field="type",
+):
+    """Fields every event may carry (the envelope)."""
+
+    event_id: str | None = None
+    actor: str | None = None
+    reason: str | None = None
+    occurred_at: datetime | None = None
+
+    memory_event: ClassVar[bool] = False
+
+
+class MemoryAdded(_Event, tag="memory.added"):
+    memory_id: str
+    text: str
+    user_id: str | None = None
+    agent_id: str | None = None
+    run_id: str | None = None
+    vector: list[float] | None = None
+    metadata: dict[str, Any] | None = None
+    entities: list[Entity] | None = None
+    relations: list[Relation] | None = None
+    expected_version: int | None = None
+
+    memory_event: ClassVar[bool] = True
+
+
+class MemoryUpdated(_Event, tag="memory.updated"):
+    memory_id: str
+    text: str | None = None
+    vector: list[float] | None = None
+    metadata: dict[str, Any] | None = None
+    entities: list[Entity] | None = None
+    relations: list[Relation] | None = None
+    expected_version: int | None = None
+
+    memory_event: ClassVar[bool] = True
+
+
+class MemoryDeleted(_Event, tag="memory.deleted"):
+    memory_id: str
+    expected_version: int | None = None
+
+    memory_event: ClassVar[bool] = True
+
+
+class MemoriesDeleted(_Event, tag="memories.deleted"):
+    user_id: str | None = None
+    agent_id: str | None = None
+    run_id: str | None = None
+
+
+class MemoriesReset(_Event, tag="memories.reset"):
+    pass
+
+
+Event: TypeAlias = MemoryAdded | MemoryUpdated | MemoryDeleted | MemoriesDeleted | MemoriesReset
+MemoryEvent: TypeAlias = MemoryAdded | MemoryUpdated | MemoryDeleted
+EventType = Literal["memory.added", "memory.updated", "memory.deleted", "memories.deleted", "memories.reset"]
+EVENT_TYPES: Final[tuple[str, ...]] = (
+    "memory.added",
+    "memory.updated",
+    "memory.deleted",
+    "memories.deleted",
+    "memories.reset",
+)
+UPDATABLE_FIELDS: Final = ("text", "vector", "metadata", "entities", "relations")
+
+
+class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event as the log recorded it."""
+
+    seq: int
+    event: Event
+    event_id: str
+    version: int | None
+    recorded_at: datetime
+    prev_hash: str
+    hash: str
+    vector_f32: bytes | None = None
+
+    @property
+    def type(self) -> str:
+        return event_type(self.event)
+
+    @property
+    def memory_id(self) -> str | None:
+        return getattr(self.event, "memory_id", None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of section 3: input fields plus the recorded ones."""
+        out: dict[str, Any] = {"seq": self.seq}
+        out.update(event_to_dict(self.event))
+        out["event_id"] = self.event_id
+        if self.version is not None:
+            out["version"] = self.version
+        out["recorded_at"] = format_time(self.recorded_at)
+        out["prev_hash"] = self.prev_hash
+        out["hash"] = self.hash
+        return out
+
+
+# ---------------------------------------------------------------- time
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(t: datetime) -> str:
+    """Fixed-width RFC 3339 UTC with microseconds; sorts lexically."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str, *, field: str = "time") -> datetime:
+    """Parse RFC 3339 (or a date); naive values are taken as UTC."""
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InputError(f"`{field}` is not an RFC 3339 time: {text!r}", field=field) from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- codec
+
+_decoder: Final = msgspec.json.Decoder(Event)
+_canonical: Final = msgspec.json.Encoder(order="sorted")
+_plain: Final = msgspec.json.Encoder()
+
+
+def event_type(event: Event) -> str:
+    return type(event).__struct_config__.tag  # type: ignore[return-value]
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The event as a JSON-ready dict, ``type`` first, unset fields left out."""
+    out: dict[str, Any] = {"type": event_type(event)}
+    for name in event.__struct_fields__:
+        value = getattr(event, name)
+        if value is not None and name != "expected_version":
+            out[name] = value
+    return msgspec.to_builtins(out)  # type: ignore[no-any-return]
+
+
+def decode_event(data: bytes | str, *, line: int | None = None) -> Event:
+    """Decode and validate one JSON event; errors name the field and line."""
+    try:
+        event = _decoder.decode(data)
+    except msgspec.ValidationError as e:
+        raise InputError(_describe(e), line=line, field=_field_of(e)) from None
+    except msgspec.DecodeError as e:
+        raise InputError(f"malformed JSON: {e}", line=line) from None
+    return validate(event, line=line)
+
+
+def event_from_dict(data: Mapping[str, Any], *, line: int | None = None) -> Event:
+    """Build and validate an event from a Python mapping (the facade's path)."""
+    try:
+        event = msgspec.convert(data, Event)
+    except msgspec.ValidationError as e:
+        raise InputError(_describe(e), line=line, field=_field_of(e)) from None
+    return validate(event, line=line)
+
+
+def read_jsonl(lines: Iterable[bytes | str]) -> Iterator[Event]:
+    """Decode JSON Lines lazily; blank lines are skipped, numbering is kept."""
+    for number, raw in enumerate(lines, start=1):
+        if raw.strip():
+            yield decode_event(raw, line=number)
+
+
+def encode_json(value: Any) -> bytes:
+    return _plain.encode(value)
+
+
+def _describe(e: msgspec.ValidationError) -> str:
+    text = str(e)
+    if text.startswith("Invalid value") and "$.type" in text:
+        return f"{text}; known types: {', '.join(EVENT_TYPES)}"
+    return text
+
+
+def _field_of(e: msgspec.ValidationError) -> str | None:
+    text = str(e)
+    if "`$" in text:
+        return text.rsplit("`$", 1)[1].rstrip("`").lstrip(".") or None
+    if "required field `" in text:
+        return text.split("required field `", 1)[1].rstrip("`")
+    return None
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate(event: Event, *, line: int | None = None) -> Event:
+    """Check the rules types cannot express; return the event unchanged."""
+
+    def fail(field: str, message: str) -> InputError:
+        return InputError(f"`{field}` {message}", line=line, field=field)
+
+    if event.event_id is not None:
+        try:
+            uuid.UUID(event.event_id)
+        except ValueError:
+            raise fail("event_id", f"is not a UUID: {event.event_id!r}") from None
+    if isinstance(event, MemoryAdded | MemoryUpdated | MemoryDeleted):
+        if not event.memory_id.strip():
+            raise fail("memory_id", "must not be empty")
+        if event.expected_version is not None and event.expected_version < 0:
+            raise fail("expected_version", "must be >= 0")
+    if isinstance(event, MemoryAdded):
+        if not any(getattr(event, f) for f in SCOPE_FIELDS):
+            raise fail("user_id", "or `agent_id` or `run_id` is required for memory.added")
+    if isinstance(event, MemoryAdded | MemoryUpdated):
+        if isinstance(event, MemoryUpdated) and all(getattr(event, f) is None for f in UPDATABLE_FIELDS):
+            raise fail(
+                "text", "or another of vector, metadata, entities, relations is required for memory.updated"
+            )
+        if event.text is not None and not event.text.strip():
+            raise fail("text", "must not be empty")
+        if event.vector is not None:
+            _check_vector(event.vector, fail)
+        for i, entity in enumerate(event.entities or ()):
+            if not normalize_name(entity.name):
+                raise fail(f"entities[{i}].name", "must not be empty")
+        for i, rel in enumerate(event.relations or ()):
+            for part in ("source", "relation", "target"):
+                if not normalize_name(getattr(rel, part)):
+                    raise fail(f"relations[{i}].{part}", "must not be empty")
+    if isinstance(event, MemoriesDeleted) and not any(getattr(event, f) for f in SCOPE_FIELDS):
+        raise fail("user_id", "or `agent_id` or `run_id` is required for memories.deleted")
+    return event
+
+
+def _check_vector(vector: Sequence[float], fail: Any) -> None:
+    if not vector:
+        raise fail("vector", "must not be empty")
+    packed = array("f", vector)
+    if not all(map(math.isfinite, packed)):
+        bad = next(i for i, x in enumerate(packed) if not math.isfinite(x))
+        raise fail(f"vector[{bad}]", f"is not a finite float32 value: {vector[bad]!r}")
+
+
+def pack_vector(vector: Sequence[float]) -> bytes:
+    """float32, little-endian on every supported platform."""
+    return array("f", vector).tobytes()
+
+
+def unpack_vector(data: bytes) -> list[float]:
+    values = array("f")
+    values.frombytes(data)
+    return values.tolist()
+
+
+# ---------------------------------------------------------------- names
+
+
+def normalize_name(name: str) -> str:
+    """Trimmed, lower-case, inner whitespace collapsed."""
+    return " ".join(name.split()).lower()
+
+
+# ---------------------------------------------------------------- hashing
+
+
+def payload_bytes(event: Event) -> bytes:
+    """Canonical bytes of an event's content, without its vector.
+
+    The vector is stored and hashed as float32 bytes; ``expected_version`` is
+    a precondition of the append, not part of the fact, so it is not stored.
+    """
+    fields = {name: getattr(event, name) for name in event.__struct_fields__}
+    fields.pop("vector", None)
+    fields.pop("expected_version", None)
+    fields["type"] = event_type(event)
+    return _canonical.encode({k: v for k, v in fields.items() if v is not None})
+
+
+def chain_hash(
+    prev_hash: str,
+    *,
+    seq: int,
+    version: int | None,
+    recorded_at: str,
+    payload: bytes,
+    vector: bytes | None,
+) -> str:
+    """``sha256(prev_hash + canonical bytes of the recorded event)``, as hex."""
+    h = hashlib.sha256(bytes.fromhex(prev_hash))
+    h.update(f"{seq}\n{'' if version is None else version}\n{recorded_at}\n".encode())
+    h.update(len(payload).to_bytes(8, "big"))
+    h.update(payload)
+    if vector is not None:
+        h.update(vector)
+    return h.hexdigest()
+
+
+def decode_payload(payload: bytes, vector: bytes | None) -> Event:
+    """Inverse of :func:`payload_bytes` plus the stored vector."""
+    event = _decoder.decode(payload)
+    if vector is not None:
+        event = msgspec.structs.replace(event, vector=unpack_vector(vector))
+    return event
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def recorded_from_dict(data: Mapping[str, Any], *, line: int | None = None) -> tuple[Event, dict[str, Any]]:
+    """Split an exported record into its input event and its recorded fields."""
+    body = dict(data)
+    recorded: dict[str, Any] = {}
+    for key in ("seq", "version", "recorded_at", "prev_hash", "hash"):
+        recorded[key] = body.pop(key, None)
+    if recorded["seq"] is None or recorded["hash"] is None or recorded["recorded_at"] is None:
+        raise InputError("an exported record needs `seq`, `recorded_at` and `hash`", line=line, field="seq")
+    event = event_from_dict(body, line=line)
+    if event.event_id is None:
+        raise InputError("`event_id` is required in an exported record", line=line, field="event_id")
+    return event, recorded

@@ -1,0 +1,5 @@
+"""Shared fixtures. Backend-specific fixtures live in tests/fixtures_*.py plugins."""
+
+from __future__ import annotations
+
+pytest_plugins = ["tests.fixtures_servers"]
