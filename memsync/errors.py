@@ -35,10 +35,19 @@ class InputError(MemsyncError, ValueError):
     the JSON path of the bad field, when known.
     """
 
-    def __init__(self, message: str, *, line: int | None = None, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, line: int | None = None, field: str | None = None, index: int | None = None
+    ) -> None:
         self.line = line
         self.field = field
-        where = f"line {line}: " if line is not None else ""
+        self.index = index
+        self.detail = message
+        if line is not None:
+            where = f"line {line}: "
+        elif index is not None:
+            where = f"event {index + 1}: "
+        else:
+            where = ""
         super().__init__(f"{where}{message}")
 
 
@@ -48,6 +57,7 @@ class CommandRefused(MemsyncError):
     def __init__(self, message: str, *, index: int | None = None, memory_id: str | None = None) -> None:
         self.index = index
         self.memory_id = memory_id
+        self.detail = message
         where = f"event {index + 1}: " if index is not None else ""
         super().__init__(f"{where}{message}")
 
@@ -65,9 +75,9 @@ class ConflictError(CommandRefused):
     ) -> None:
         self.expected = expected
         self.actual = actual
-        super().__init__(
-            f"version conflict on memory {memory_id!r}: expected version {expected}, "
-            f"stream is at version {actual}",
+        CommandRefused.__init__(
+            self,
+            f"version conflict on memory {memory_id!r}: expected version {expected}, stream is at version {actual}",
             index=index,
             memory_id=memory_id,
         )

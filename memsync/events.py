@@ -62,7 +62,7 @@ class _Event(
     memory_event: ClassVar[bool] = False
 
 
-class MemoryAdded(_Event, tag="memory.added"):
+class MemoryAdded(_Event, frozen=True, tag="memory.added"):
     memory_id: str
     text: str
     user_id: str | None = None
@@ -77,7 +77,7 @@ class MemoryAdded(_Event, tag="memory.added"):
     memory_event: ClassVar[bool] = True
 
 
-class MemoryUpdated(_Event, tag="memory.updated"):
+class MemoryUpdated(_Event, frozen=True, tag="memory.updated"):
     memory_id: str
     text: str | None = None
     vector: list[float] | None = None
@@ -89,20 +89,20 @@ class MemoryUpdated(_Event, tag="memory.updated"):
     memory_event: ClassVar[bool] = True
 
 
-class MemoryDeleted(_Event, tag="memory.deleted"):
+class MemoryDeleted(_Event, frozen=True, tag="memory.deleted"):
     memory_id: str
     expected_version: int | None = None
 
     memory_event: ClassVar[bool] = True
 
 
-class MemoriesDeleted(_Event, tag="memories.deleted"):
+class MemoriesDeleted(_Event, frozen=True, tag="memories.deleted"):
     user_id: str | None = None
     agent_id: str | None = None
     run_id: str | None = None
 
 
-class MemoriesReset(_Event, tag="memories.reset"):
+class MemoriesReset(_Event, frozen=True, tag="memories.reset"):
     pass
 
 
@@ -267,9 +267,7 @@ def validate(event: Event, *, line: int | None = None) -> Event:
             raise fail("user_id", "or `agent_id` or `run_id` is required for memory.added")
     if isinstance(event, MemoryAdded | MemoryUpdated):
         if isinstance(event, MemoryUpdated) and all(getattr(event, f) is None for f in UPDATABLE_FIELDS):
-            raise fail(
-                "text", "or another of vector, metadata, entities, relations is required for memory.updated"
-            )
+            raise fail("text", "or another of vector, metadata, entities, relations is required for memory.updated")
         if event.text is not None and not event.text.strip():
             raise fail("text", "must not be empty")
         if event.vector is not None:
@@ -351,7 +349,7 @@ def chain_hash(
 
 def decode_payload(payload: bytes, vector: bytes | None) -> Event:
     """Inverse of :func:`payload_bytes` plus the stored vector."""
-    event = _decoder.decode(payload)
+    event: Event = _decoder.decode(payload)
     if vector is not None:
         event = msgspec.structs.replace(event, vector=unpack_vector(vector))
     return event

@@ -91,9 +91,7 @@ def normalize_entities(entities: Iterable[Entity]) -> tuple[tuple[str, str | Non
 
 
 def normalize_relations(relations: Iterable[Relation]) -> tuple[Fact, ...]:
-    facts = {
-        (normalize_name(r.source), normalize_name(r.relation), normalize_name(r.target)) for r in relations
-    }
+    facts = {(normalize_name(r.source), normalize_name(r.relation), normalize_name(r.target)) for r in relations}
     return tuple(sorted(facts))
 
 

@@ -221,9 +221,7 @@ def open_store(kind: str, backend: str, config: MemsyncConfig) -> Projection:
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not found:
         known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name.startswith(kind))
-        raise ConfigError(
-            f"{kind}.backend: unknown store {backend!r} (installed: {', '.join(known) or 'none'})"
-        )
+        raise ConfigError(f"{kind}.backend: unknown store {backend!r} (installed: {', '.join(known) or 'none'})")
     factory = found[0].load()
     store = factory(config)
     if not isinstance(store, Projection) or store.kind != kind:
