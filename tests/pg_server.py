@@ -50,12 +50,14 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import quote
@@ -409,6 +411,91 @@ if sys.platform.startswith("linux"):
         _libc_prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
+def _copy_tree(src: Path, dst: Path, user: _User, workers: int = 0) -> None:
+    """Copy a data directory (``cp -a``-like: modes, owner = server user).
+
+    Files are created by a thread pool: on some file systems creating an
+    inode costs far more than copying its few KB, and a PG 15 cluster is
+    ~1000 files, so this is ~2x faster than ``cp -a`` on a 2-core VM.
+    """
+    files: list[tuple[str, os.stat_result]] = []
+    for root, dnames, fnames in os.walk(src):
+        rel = os.path.relpath(root, src)
+        target = dst if rel == "." else dst / rel
+        st = os.lstat(root)
+        os.mkdir(target, 0o700)
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+        user.chown(target)
+        for name in fnames + [d for d in dnames if os.path.islink(os.path.join(root, d))]:
+            path = os.path.join(root, name)
+            files.append((os.path.relpath(path, src), os.lstat(path)))
+
+    uid, gid = (user.uid, user.gid) if user.switch else (-1, -1)
+
+    def copy_one(item: tuple[str, os.stat_result]) -> None:
+        rel, st = item
+        s, d = os.path.join(src, rel), os.path.join(dst, rel)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(s), d)
+            if uid != -1:
+                os.lchown(d, uid, gid)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            raise RuntimeError(f"unexpected file type in template: {s}")
+        fd_out = os.open(
+            d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            if uid != -1:
+                os.fchown(fd_out, uid, gid)
+            os.fchmod(fd_out, stat.S_IMODE(st.st_mode))
+            if st.st_size:
+                fd_in = os.open(s, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _copy_data(fd_in, fd_out, st.st_size)
+                finally:
+                    os.close(fd_in)
+        finally:
+            os.close(fd_out)
+
+    # One task per directory: creating files in *different* directories runs
+    # in parallel, in the same directory it serialises on the directory lock.
+    by_dir: dict[str, list[tuple[str, os.stat_result]]] = {}
+    for item in files:
+        by_dir.setdefault(os.path.dirname(item[0]), []).append(item)
+    groups = sorted(by_dir.values(), key=len, reverse=True)
+
+    def copy_group(group: list[tuple[str, os.stat_result]]) -> None:
+        for item in group:
+            copy_one(item)
+
+    workers = workers or min(8, max(2, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers, thread_name_prefix="pg-copy") as ex:
+        for _ in ex.map(copy_group, groups):
+            pass
+
+
+def _copy_data(fd_in: int, fd_out: int, size: int) -> None:
+    copied = 0
+    fast = hasattr(os, "copy_file_range")
+    while copied < size:
+        n = 0
+        if fast:
+            try:
+                n = os.copy_file_range(fd_in, fd_out, size - copied)
+            except OSError:
+                fast = False
+                os.lseek(fd_in, copied, os.SEEK_SET)
+                os.lseek(fd_out, copied, os.SEEK_SET)
+                continue
+        else:
+            buf = os.read(fd_in, min(1 << 20, size - copied))
+            n = os.write(fd_out, buf) if buf else 0
+        if n == 0:
+            raise RuntimeError("template file shrank while being copied")
+        copied += n
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -718,11 +805,12 @@ class PostgresServer:
             t0 = time.perf_counter()
             with ensure_template(bindir, self.version, user, self._template_dir) as tdir:
                 t1 = time.perf_counter()
-                _run(
-                    ["cp", "-a", str(tdir / "data"), str(tmp / "data")],
-                    user,
-                    "copying the PostgreSQL template cluster",
-                )
+                try:
+                    _copy_tree(tdir / "data", tmp / "data", user)
+                except OSError as exc:
+                    raise RuntimeError(
+                        f"copying the PostgreSQL template {tdir} to {tmp} failed: {exc}"
+                    ) from exc
             t2 = time.perf_counter()
             self.timings["template"] = t1 - t0
             self.timings["template_initdb"] = last_template_build_seconds

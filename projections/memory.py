@@ -1,0 +1,178 @@
+"""In-memory stores: real backends (not mocks) for tests, demos and reference.
+
+They hold exactly what a store must hold — live memories and a checkpoint —
+and derive everything else, so they are the simplest correct implementation of
+the ports. Not durable: a process exit wipes them (and resets the checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from memsync.config import MemsyncConfig
+from memsync.fold import Fact, MemoryState, graph_view
+from memsync.stores import (
+    Delete,
+    DeleteScope,
+    GraphEntity,
+    GraphMemory,
+    GraphSnapshot,
+    GraphStore,
+    Op,
+    Projection,
+    Reset,
+    Upsert,
+    VectorHit,
+    VectorPoint,
+    VectorStore,
+    vector_payload,
+)
+
+
+def _apply(memories: dict[str, MemoryState], ops: Sequence[Op], *, vectors_only: bool) -> None:
+    for op in ops:
+        if isinstance(op, Upsert):
+            if vectors_only and op.memory.vector is None:
+                memories.pop(op.memory.memory_id, None)
+            else:
+                memories[op.memory.memory_id] = op.memory
+        elif isinstance(op, Delete):
+            memories.pop(op.memory_id, None)
+        elif isinstance(op, DeleteScope):
+            for memory_id in [m.memory_id for m in memories.values() if m.matches(op.scope)]:
+                del memories[memory_id]
+        else:
+            assert isinstance(op, Reset)
+            memories.clear()
+
+
+class InMemoryVectorStore(VectorStore):
+    def __init__(self) -> None:
+        self.memories: dict[str, MemoryState] = {}
+        self._checkpoint = 0
+        self._lock = threading.Lock()
+
+    def checkpoint(self) -> int:
+        return self._checkpoint
+
+    def apply(self, ops: Sequence[Op], checkpoint: int) -> None:
+        with self._lock:
+            _apply(self.memories, ops, vectors_only=True)
+            self._checkpoint = checkpoint
+
+    def ping(self) -> bool:
+        return True
+
+    def wipe(self) -> None:
+        with self._lock:
+            self.memories.clear()
+            self._checkpoint = 0
+
+    def search(
+        self,
+        vector: Sequence[float],
+        *,
+        scope: dict[str, str],
+        filters: dict[str, Any] | None = None,
+        limit: int = 10,
+        threshold: float | None = None,
+    ) -> list[VectorHit]:
+        query = np.asarray(vector, dtype=np.float32)
+        hits = []
+        for memory in list(self.memories.values()):
+            if not memory.matches(scope) or any(memory.metadata.get(k) != v for k, v in (filters or {}).items()):
+                continue
+            assert memory.vector is not None
+            stored = np.frombuffer(memory.vector, dtype="<f4")
+            denominator = float(np.linalg.norm(query) * np.linalg.norm(stored)) or math.inf
+            score = float(np.dot(query, stored)) / denominator
+            if threshold is None or score >= threshold:
+                hits.append(VectorHit(memory_id=memory.memory_id, score=score, payload=vector_payload(memory)))
+        hits.sort(key=lambda h: -h.score)
+        return hits[:limit]
+
+    def points(self) -> Iterator[VectorPoint]:
+        for memory in list(self.memories.values()):
+            assert memory.vector is not None
+            yield VectorPoint(memory_id=memory.memory_id, payload=vector_payload(memory), vector=memory.vector)
+
+    def count(self) -> int:
+        return len(self.memories)
+
+    def describe(self) -> str:
+        return "in-memory vector store"
+
+
+class InMemoryGraphStore(GraphStore):
+    def __init__(self) -> None:
+        self.memories: dict[str, MemoryState] = {}
+        self._checkpoint = 0
+        self._dropped: set[str] = set()
+        self._lock = threading.Lock()
+
+    def checkpoint(self) -> int:
+        return self._checkpoint
+
+    def apply(self, ops: Sequence[Op], checkpoint: int) -> None:
+        with self._lock:
+            _apply(self.memories, ops, vectors_only=False)
+            self._checkpoint = checkpoint
+
+    def ping(self) -> bool:
+        return True
+
+    def wipe(self) -> None:
+        with self._lock:
+            self.memories.clear()
+            self._checkpoint = 0
+
+    def snapshot(self) -> GraphSnapshot:
+        view = graph_view(list(self.memories.values()))
+        return GraphSnapshot(
+            memories={
+                m.memory_id: GraphMemory(
+                    memory_id=m.memory_id,
+                    text=m.text,
+                    user_id=m.user_id,
+                    agent_id=m.agent_id,
+                    run_id=m.run_id,
+                    version=m.version,
+                    seq=m.seq,
+                )
+                for m in self.memories.values()
+            },
+            entities={
+                key: GraphEntity(key=key, name=name, type=typ, scope_field=field, scope_value=value)
+                for key, (name, typ, field, value) in view.entities.items()
+            },
+            mentions=view.mentions,
+            relates=view.relates,
+        )
+
+    def relations(self, names: Sequence[str], *, scope: tuple[str, str], limit: int = 50) -> list[Fact]:
+        wanted = set(names)
+        facts: set[Fact] = set()
+        for memory in list(self.memories.values()):
+            if memory.scope != scope:
+                continue
+            facts.update(f for f in memory.relations if f[0] in wanted or f[2] in wanted)
+        return sorted(facts)[:limit]
+
+    def drop_entities(self, keys: Sequence[str]) -> None:
+        """Entities are derived here, so there is never an orphan to drop."""
+
+    def describe(self) -> str:
+        return "in-memory graph store"
+
+
+def open_memory_vector_store(config: MemsyncConfig) -> Projection:
+    return InMemoryVectorStore()
+
+
+def open_memory_graph_store(config: MemsyncConfig) -> Projection:
+    return InMemoryGraphStore()
