@@ -222,7 +222,10 @@ def open_store(kind: str, backend: str, config: MemsyncConfig) -> Projection:
     if not found:
         known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name.startswith(kind))
         raise ConfigError(f"{kind}.backend: unknown store {backend!r} (installed: {', '.join(known) or 'none'})")
-    factory = found[0].load()
+    try:
+        factory = found[0].load()
+    except ImportError as e:
+        raise ConfigError(f"{kind}.backend: store {backend!r} cannot be loaded: {e}") from e
     store = factory(config)
     if not isinstance(store, Projection) or store.kind != kind:
         raise ConfigError(f"{kind}.backend: entry point {name!r} did not build a {kind} store")

@@ -57,12 +57,13 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 from urllib.parse import quote
 
-__all__ = ["PostgresServer", "find_bindir", "ensure_template", "DEFAULT_VERSION"]
+__all__ = ["DEFAULT_VERSION", "PostgresServer", "ensure_template", "find_bindir"]
 
 DEFAULT_VERSION = 15
 SUPERUSER = "postgres"
@@ -92,9 +93,7 @@ def _server_version(postgres_bin: Path) -> str:
     """Return e.g. ``"15.18"`` for a ``postgres`` executable."""
     key = str(postgres_bin)
     if key not in _version_cache:
-        out = subprocess.run(
-            [key, "--version"], capture_output=True, text=True, check=True, timeout=30
-        ).stdout
+        out = subprocess.run([key, "--version"], capture_output=True, text=True, check=True, timeout=30).stdout
         m = re.search(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)?)", out)
         if not m:
             raise RuntimeError(f"cannot parse `{key} --version` output: {out!r}")
@@ -119,9 +118,7 @@ def _candidate_bindirs(version: int) -> Iterator[Path]:
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(Exception):
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=30
-            ).stdout.strip()
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30).stdout.strip()
             if out:
                 yield Path(out)
     for exe in ("postgres", "initdb"):
@@ -142,15 +139,13 @@ def find_bindir(version: int = DEFAULT_VERSION) -> Path:
         if d in seen:
             continue
         seen.add(d)
-        missing = [
-            exe for exe in ("postgres", "initdb") if not os.access(d / exe, os.X_OK)
-        ]
+        missing = [exe for exe in ("postgres", "initdb") if not os.access(d / exe, os.X_OK)]
         if missing:
             tried.append(f"{d} (missing {', '.join(missing)})")
             continue
         try:
             found = _server_version(d / "postgres")
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             tried.append(f"{d} (`postgres --version` failed: {exc})")
             continue
         if _major(found) != version:
@@ -184,6 +179,11 @@ class _User:
                 raise RuntimeError(f"server user {name!r} has uid 0; PostgreSQL refuses root")
         else:
             pw = pwd.getpwuid(os.geteuid())
+            if name and name != pw.pw_name:
+                raise RuntimeError(
+                    f"cannot run the PostgreSQL server as user {name!r}: switching users "
+                    f"needs root (running as {pw.pw_name!r})"
+                )
         self.name = pw.pw_name
         self.uid = pw.pw_uid
         self.gid = pw.pw_gid
@@ -223,9 +223,7 @@ def _run(cmd: list[str], user: _User, what: str, timeout: float = 300) -> None:
     except (OSError, subprocess.SubprocessError) as exc:
         raise RuntimeError(f"{what} failed: {cmd!r}: {exc}") from exc
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}"
-        )
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}")
 
 
 def _tmp_root() -> Path:
@@ -442,9 +440,7 @@ def _copy_tree(src: Path, dst: Path, user: _User, workers: int = 0) -> None:
             return
         if not stat.S_ISREG(st.st_mode):
             raise RuntimeError(f"unexpected file type in template: {s}")
-        fd_out = os.open(
-            d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        fd_out = os.open(d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             if uid != -1:
                 os.fchown(fd_out, uid, gid)
@@ -469,7 +465,7 @@ def _copy_tree(src: Path, dst: Path, user: _User, workers: int = 0) -> None:
         for item in group:
             copy_one(item)
 
-    workers = workers or min(8, max(2, os.cpu_count() or 1))
+    workers = workers or min(8, max(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers, thread_name_prefix="pg-copy") as ex:
         for _ in ex.map(copy_group, groups):
             pass
@@ -494,6 +490,27 @@ def _copy_data(fd_in: int, fd_out: int, size: int) -> None:
         if n == 0:
             raise RuntimeError("template file shrank while being copied")
         copied += n
+
+
+def _check_traversable(path: Path, user: _User) -> None:
+    """Fail early (and clearly) if the server user cannot reach ``path``."""
+    if not user.switch:
+        return
+    groups = set(user.groups or [user.gid])
+    for p in [path.resolve(), *path.resolve().parents]:
+        st = os.stat(p)
+        if st.st_uid == user.uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            raise RuntimeError(
+                f"the PostgreSQL server user {user.name!r} cannot traverse {p} "
+                f"(mode {stat.filemode(st.st_mode)}); point MEMSYNC_PG_TMPDIR at a "
+                f"directory it can reach, e.g. /tmp"
+            )
 
 
 def _free_port() -> int:
@@ -631,7 +648,7 @@ class PostgresServer:
         return self.pid is not None
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         """Start the server (first call: fresh cluster from the template;
         later calls: the existing data directory on the same port)."""
         if self.running:
@@ -683,9 +700,8 @@ class PostgresServer:
             return
         if proc.poll() is None:
             pm = proc.pid
-            if children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pm, signal.SIGSTOP)  # no new children from here on
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pm, signal.SIGSTOP)  # no new children from here on
             kids = _children(pm)
             if children:
                 for pid, _ in kids:
@@ -703,7 +719,7 @@ class PostgresServer:
                 self._wait_orphans(10.0)
         self._rt.proc = None
 
-    def restart(self) -> "PostgresServer":
+    def restart(self) -> PostgresServer:
         """stop() (if running) and start() again on the same port and data."""
         if self._rt.tmpdir is None:
             raise RuntimeError("restart() before start()")
@@ -718,8 +734,12 @@ class PostgresServer:
             self._rt.terminate(signal.SIGKILL)
             self._rt.proc = None
             self._rt.remove_dir()
+            self._rt.tmpdir = None  # a later start() makes a fresh cluster
+            self._started_once = False
+            if not self._port_fixed:
+                self._port = None
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -733,9 +753,7 @@ class PostgresServer:
         kwargs.setdefault("connect_timeout", 10)
         return psycopg.connect(self.url_for(dbname), **kwargs)
 
-    def create_database(
-        self, name: str, *, template: str = "template0", strategy: str | None = None
-    ) -> str:
+    def create_database(self, name: str, *, template: str = "template0", strategy: str | None = None) -> str:
         """CREATE DATABASE ``name`` as a copy of ``template``; returns its URL.
 
         ``template`` may be any database prepared earlier (e.g. with the
@@ -745,9 +763,7 @@ class PostgresServer:
         """
         from psycopg import sql
 
-        stmt = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template)
-        )
+        stmt = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
         if strategy is not None:
             if strategy.lower() not in ("wal_log", "file_copy"):
                 raise ValueError(f"unknown CREATE DATABASE strategy {strategy!r}")
@@ -761,9 +777,7 @@ class PostgresServer:
         from psycopg import sql
 
         with self.connect(autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         try:
@@ -797,6 +811,7 @@ class PostgresServer:
         bindir, user = self._resolve()
         root = _tmp_root()
         root.mkdir(parents=True, exist_ok=True)
+        _check_traversable(root, user)
         tmp = Path(tempfile.mkdtemp(prefix="memsync-pg-", dir=root))
         self._rt.tmpdir = tmp
         try:
@@ -808,9 +823,7 @@ class PostgresServer:
                 try:
                     _copy_tree(tdir / "data", tmp / "data", user)
                 except OSError as exc:
-                    raise RuntimeError(
-                        f"copying the PostgreSQL template {tdir} to {tmp} failed: {exc}"
-                    ) from exc
+                    raise RuntimeError(f"copying the PostgreSQL template {tdir} to {tmp} failed: {exc}") from exc
             t2 = time.perf_counter()
             self.timings["template"] = t1 - t0
             self.timings["template_initdb"] = last_template_build_seconds
@@ -850,8 +863,7 @@ class PostgresServer:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    "processes of the previous (killed) server are still running: "
-                    f"{[p for p, _ in self._orphans]}"
+                    f"processes of the previous (killed) server are still running: {[p for p, _ in self._orphans]}"
                 )
             time.sleep(0.01)
 
@@ -869,9 +881,7 @@ class PostgresServer:
                 return
             except RuntimeError:
                 # Lost a race for the port against another process?  Retry.
-                if attempt + 1 < attempts and self._log_since(log_start).find(
-                    "Address already in use"
-                ) >= 0:
+                if attempt + 1 < attempts and self._log_since(log_start).find("Address already in use") >= 0:
                     continue
                 raise
 
@@ -886,11 +896,7 @@ class PostgresServer:
     def _spawn_and_wait(self, bindir: Path, user: _User) -> None:
         cmd = [str(bindir / "postgres"), "-D", str(self.data_dir)]
         preexec = None
-        if (
-            self.die_with_parent
-            and _libc_prctl is not None
-            and threading.current_thread() is threading.main_thread()
-        ):
+        if self.die_with_parent and _libc_prctl is not None and threading.current_thread() is threading.main_thread():
             preexec = _set_pdeathsig
         t0 = time.perf_counter()
         with open(self.log_path, "ab") as log:
@@ -948,8 +954,7 @@ class PostgresServer:
                 conn.execute("SELECT 1")
         except Exception as exc:
             raise RuntimeError(
-                f"PostgreSQL is up but {self.url} is not usable: {exc}\n"
-                f"--- server log tail ---\n{self.log_tail()}"
+                f"PostgreSQL is up but {self.url} is not usable: {exc}\n--- server log tail ---\n{self.log_tail()}"
             ) from exc
 
 

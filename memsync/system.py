@@ -1,0 +1,209 @@
+"""Wiring: a config becomes a log, stores and one runner per projection.
+
+:class:`MemSync` is what the CLI and the facade drive. It opens nothing until
+asked, so appending never touches (or locks) an embedded store, and a store
+that cannot be opened only affects its own projection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from memsync.config import MemsyncConfig
+from memsync.errors import ConfigError, MemsyncError, WaitTimeout
+from memsync.hooks import Hooks
+from memsync.log import EventLog
+from memsync.projector import Progress, ProjectionRunner, rebuild
+from memsync.stores import Projection, open_store
+from memsync.verify import Drift, verify_store
+
+KINDS = ("vector", "graph")
+
+
+def open_log(config: MemsyncConfig) -> EventLog:
+    """The event log named by ``config.log_url`` (SQLite by default)."""
+    url = config.resolved_log_url
+    if url.startswith("sqlite:"):
+        from memsync.sqlite_log import SQLiteEventLog
+
+        return SQLiteEventLog.from_url(
+            url, synchronous=config.sqlite_synchronous, fixed_dimension=config.vector.dimension
+        )
+    if url.startswith(("postgresql:", "postgres:")):
+        from memsync.postgres_log import PostgresEventLog  # type: ignore[import-not-found,unused-ignore]
+
+        log: EventLog = PostgresEventLog(url, fixed_dimension=config.vector.dimension)
+        return log
+    raise ConfigError(f"log_url: unsupported scheme in {redact_url(url)!r}")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+class MemSync:
+    def __init__(
+        self,
+        config: MemsyncConfig | None = None,
+        *,
+        log: EventLog | None = None,
+        stores: dict[str, Projection] | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.config = config or MemsyncConfig()
+        self.hooks = hooks or Hooks()
+        self._log = log
+        self._stores: dict[str, Projection] = dict(stores or {})
+        self._runners: dict[str, ProjectionRunner] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------ parts
+
+    @property
+    def log(self) -> EventLog:
+        with self._lock:
+            if self._log is None:
+                self._log = open_log(self.config)
+            return self._log
+
+    @property
+    def kinds(self) -> list[str]:
+        if self._stores and not self.config.graph_enabled:
+            return [k for k in KINDS if k in self._stores and k != "graph"]
+        return ["vector", "graph"] if self.config.graph_enabled else ["vector"]
+
+    def check_kind(self, kind: str) -> None:
+        if kind not in self.kinds:
+            raise ConfigError(f"projection {kind!r} is not enabled (enabled: {', '.join(self.kinds)})")
+
+    def store(self, kind: str) -> Projection:
+        with self._lock:
+            self.check_kind(kind)
+            if kind not in self._stores:
+                backend = self.config.vector.backend if kind == "vector" else self.config.graph.backend
+                self._stores[kind] = open_store(kind, backend, self.config)
+            return self._stores[kind]
+
+    def runner(self, kind: str) -> ProjectionRunner:
+        with self._lock:
+            if kind not in self._runners:
+                self._runners[kind] = ProjectionRunner(self.log, self.store(kind), self.config.projector, self.hooks)
+            return self._runners[kind]
+
+    def select(self, which: str | None) -> list[str]:
+        if which in (None, "all"):
+            return self.kinds
+        assert which is not None
+        self.check_kind(which)
+        return [which]
+
+    # ------------------------------------------------------------ work
+
+    def project(
+        self, kinds: Sequence[str] | None = None, *, progress: Callable[[str], Progress] | None = None
+    ) -> dict[str, Any]:
+        """Bring each projection to the head, independently: one failing does not stop the others."""
+        result: dict[str, Any] = {}
+        for kind in kinds or self.kinds:
+            try:
+                applied = self.runner(kind).catch_up(progress=progress(kind) if progress else None)
+                result[kind] = {"applied": applied, "checkpoint": self.store(kind).checkpoint()}
+            except MemsyncError as e:
+                result[kind] = {"error": str(e)}
+        return result
+
+    def follow(self, kinds: Sequence[str] | None, stop: threading.Event) -> list[threading.Thread]:
+        threads = []
+        for kind in kinds or self.kinds:
+            runner = self.runner(kind)
+            thread = threading.Thread(target=runner.follow, args=(stop,), name=f"memsync-{kind}", daemon=True)
+            thread.start()
+            threads.append(thread)
+        return threads
+
+    def wait_for(self, seq: int, timeout: float = 10.0, kinds: Sequence[str] | None = None) -> None:
+        """Block until every selected projection's checkpoint reaches ``seq``."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        for kind in kinds or self.kinds:
+            store = self.store(kind)
+            while store.checkpoint() < seq:
+                if time.monotonic() > deadline:
+                    raise WaitTimeout(f"the {kind} projection did not reach seq {seq} within {timeout}s")
+                time.sleep(0.002)
+
+    def rebuild(
+        self,
+        kinds: Sequence[str] | None = None,
+        *,
+        to_seq: int | None = None,
+        as_of: datetime | None = None,
+        in_place: bool = False,
+        progress: Callable[[str], Progress] | None = None,
+    ) -> dict[str, int]:
+        if as_of is not None:
+            to_seq = self.log.seq_at(as_of)
+        out = {}
+        for kind in kinds or self.kinds:
+            out[kind] = rebuild(
+                self.log,
+                self.store(kind),
+                to_seq=to_seq,
+                in_place=in_place,
+                config=self.config.projector,
+                progress=progress(kind) if progress else None,
+            )
+        return out
+
+    def verify(self, kinds: Sequence[str] | None = None, *, repair: bool = False) -> dict[str, Drift]:
+        return {kind: verify_store(self.log, self.store(kind), repair=repair) for kind in kinds or self.kinds}
+
+    def status(self) -> dict[str, Any]:
+        head = self.log.head()
+        stats = self.log.stats()
+        projections: dict[str, Any] = {}
+        for kind in self.kinds:
+            entry: dict[str, Any] = {"checkpoint": None, "lag": None, "parked": len(self.log.parked(kind))}
+            try:
+                store = self.store(kind)
+                checkpoint = store.checkpoint()
+                entry.update(checkpoint=checkpoint, lag=head.seq - checkpoint, reachable=store.ping())
+                entry["store"] = store.describe()
+            except MemsyncError as e:
+                entry.update(reachable=False, error=str(e))
+            if kind == "vector":
+                entry["skipped_without_vector"] = stats.live_memories - stats.with_vector
+            projections[kind] = entry
+        return {
+            "head": {"seq": head.seq, "hash": head.hash},
+            "live_memories": stats.live_memories,
+            "projections": projections,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            for store in self._stores.values():
+                with contextlib.suppress(MemsyncError):
+                    store.close()
+            self._stores.clear()
+            self._runners.clear()
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def __enter__(self) -> MemSync:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
