@@ -516,7 +516,7 @@ def _check_traversable(path: Path, user: _User) -> None:
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _conf_quote(value: object) -> str:

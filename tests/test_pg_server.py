@@ -24,11 +24,15 @@ import psycopg
 import pytest
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # works whatever pytest's import mode is
+try:
+    from tests import pg_server
+except ImportError:  # tests/ not importable as a package (e.g. importlib mode)
     sys.path.insert(0, str(HERE))
+    import pg_server  # type: ignore[no-redef]
 
-import pg_server  # noqa: E402
-from pg_server import PostgresServer  # noqa: E402
+PostgresServer = pg_server.PostgresServer
+
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +78,19 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
+def _non_loopback_ipv4() -> list[str]:
+    """This machine's own non-loopback IPv4 addresses (never another host)."""
+    addrs: set[str] = set()
+    with contextlib.suppress(OSError):
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            addrs.add(str(info[4][0]))
+    with contextlib.suppress(OSError):  # the outbound address; sends nothing
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            addrs.add(s.getsockname()[0])
+    return sorted(a for a in addrs if not a.startswith("127."))
+
+
 def _port_refuses(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -111,6 +128,12 @@ def test_listens_only_on_loopback(pg: PostgresServer) -> None:
         out = subprocess.run([ss, "-Hltn", f"sport = :{pg.port}"], capture_output=True, text=True, check=True).stdout
         local = {line.split()[3] for line in out.splitlines() if line.strip()}
         assert local == {f"127.0.0.1:{pg.port}"}, out
+
+    # not reachable through this machine's other addresses
+    for addr in _non_loopback_ipv4():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            assert s.connect_ex((addr, pg.port)) != 0, f"reachable on {addr}"
 
     # the unix socket lives in the private directory and works too
     sock = pg.socket_dir / f".s.PGSQL.{pg.port}"
