@@ -55,6 +55,15 @@ class ProjectorConfig(_Section):
     poll_interval: float = Field(default=0.005, gt=0)
 
 
+class FacadeConfig(_Section):
+    # inline: the facade projects into its stores after each write (read-your-writes; embedded default)
+    # wait:   each write waits until a follower (another process) has projected it
+    # async:  writes return once the log has them; the stores catch up on their own
+    consistency: Literal["inline", "wait", "async"] = "inline"
+    wait_timeout: float = Field(default=10.0, gt=0)
+    embedder: str = "auto"  # minilm (memsync[embed]), lexical (not semantic), none, auto
+
+
 class MemsyncConfig(_Section):
     data_dir: Path = Path(".memsync")
     log_url: str | None = None  # sqlite:///path or postgresql://...; default <data-dir>/events.db
@@ -63,6 +72,7 @@ class MemsyncConfig(_Section):
     vector: VectorConfig = VectorConfig()
     graph: GraphConfig = GraphConfig()
     projector: ProjectorConfig = ProjectorConfig()
+    facade: FacadeConfig = FacadeConfig()
 
     @field_validator("log_url")
     @classmethod

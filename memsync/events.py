@@ -14,6 +14,7 @@ never renamed.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import uuid
 from array import array
@@ -203,8 +204,51 @@ def decode_event(data: bytes | str, *, line: int | None = None) -> Event:
     except msgspec.ValidationError as e:
         raise InputError(_describe(e), line=line, field=_field_of(e)) from None
     except msgspec.DecodeError as e:
+        field = _non_json_number(data)
+        if field is not None:
+            message = f"`{field}` is NaN or Infinity, which JSON does not allow (vectors must be finite)"
+            raise InputError(message, line=line, field=field) from None
         raise InputError(f"malformed JSON: {e}", line=line) from None
     return validate(event, line=line)
+
+
+def _non_json_number(data: bytes | str) -> str | None:
+    """The path of the first ``NaN``/``Infinity`` token, if that is why the JSON is malformed."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return _first_non_finite(value, "")
+
+
+def _first_non_finite(value: Any, path: str) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "$"
+    items: Iterable[tuple[str, Any]] = ()
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    for sub_path, sub in items:
+        found = _first_non_finite(sub, sub_path)
+        if found is not None:
+            return found
+    return None
+
+
+def check_event(event: Event) -> Event:
+    """Type-check and validate an event built in Python (JSON input is checked by the decoder).
+
+    Returns the event as the decoder would have produced it (ints in a vector
+    become floats), so a recorded payload always decodes again.
+    """
+    try:
+        data = msgspec.to_builtins(event)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"the event cannot be encoded: {e}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"an event must be one of the event types, got {type(event).__name__}", field="type")
+    return event_from_dict(data)
 
 
 def event_from_dict(data: Mapping[str, Any], *, line: int | None = None) -> Event:
@@ -235,12 +279,14 @@ def _describe(e: msgspec.ValidationError) -> str:
 
 
 def _field_of(e: msgspec.ValidationError) -> str | None:
+    """The JSON path msgspec names (``$.entities[0]``), plus the field it is missing or does not know."""
     text = str(e)
-    if "`$" in text:
-        return text.rsplit("`$", 1)[1].rstrip("`").lstrip(".") or None
-    if "required field `" in text:
-        return text.split("required field `", 1)[1].rstrip("`")
-    return None
+    path = text.rsplit("`$", 1)[1].rstrip("`").lstrip(".") if "`$" in text else ""
+    for marker in ("required field `", "unknown field `"):
+        if marker in text:
+            name = text.split(marker, 1)[1].split("`", 1)[0]
+            path = f"{path}.{name}" if path else name
+    return path or None
 
 
 # ---------------------------------------------------------------- validation
@@ -272,6 +318,9 @@ def validate(event: Event, *, line: int | None = None) -> Event:
             raise fail("text", "must not be empty")
         if event.vector is not None:
             _check_vector(event.vector, fail)
+        bad = _first_non_finite(event.metadata, "metadata")
+        if bad is not None:
+            raise fail(bad, "is NaN or Infinity, which JSON cannot carry")
         for i, entity in enumerate(event.entities or ()):
             if not normalize_name(entity.name):
                 raise fail(f"entities[{i}].name", "must not be empty")

@@ -31,6 +31,7 @@ from memsync.events import (
     MemoryUpdated,
     RecordedEvent,
     chain_hash,
+    check_event,
     decode_payload,
     event_type,
     format_time,
@@ -135,8 +136,9 @@ class EventLog(ABC):
         All or nothing: a refused or malformed event records none of the call.
         An event whose ``event_id`` is already recorded returns the original
         record. ``expected_version`` (all memory events of the call must share
-        one memory) is checked against that memory's version before the call;
-        per-event ``expected_version`` is checked at that event. Raises
+        one memory) is checked against that memory's version before the first
+        event of the call that is not already recorded (so a retried call is
+        idempotent); per-event ``expected_version`` is checked at that event. Raises
         :class:`~memsync.errors.InputError`, :class:`~memsync.errors.CommandRefused`
         or :class:`~memsync.errors.ConflictError`.
         """
@@ -286,8 +288,8 @@ def plan_append(
 
     Runs inside the backend's transaction; raising aborts the whole call.
     """
-    if expected_version is not None:
-        _check_call_version(tx, events, expected_version)
+    events = [_checked(index, event) for index, event in enumerate(events)]
+    call_memory = _call_memory(events) if expected_version is not None else None
     head = tx.head()
     now = format_time(utcnow())
     out: list[RecordedEvent] = []
@@ -295,43 +297,43 @@ def plan_append(
     pending: dict[str, MemoryRow] = {}
     for index, event in enumerate(events):
         given = imported[index] if imported is not None else None
-        if event.event_id is not None and given is None:
+        if event.event_id is not None:
             original = seen.get(event.event_id) or tx.find_event(event.event_id)
-            if original is not None:
+            if original is not None and given is None:
                 out.append(original)
                 continue
+            if original is not None:
+                raise InputError(f"`event_id` {event.event_id} is already recorded", index=index, field="event_id")
+        if call_memory is not None:
+            # checked at the first event not yet recorded, so a retried call is idempotent
+            _check_call_version(tx, call_memory, expected_version or 0)
+            call_memory = None
         event_id = event.event_id or new_event_id()
         if event.event_id is None:
             event = msgspec.structs.replace(event, event_id=event_id)
         try:
             touched, version = _apply_rules(tx, event, pending, fixed_dimension)
-            record = _record(head, event, version, now, given)
+            row = _stored_row(head, event, version, touched, now, given)
         except ConflictError as e:
             raise ConflictError(e.memory_id or "", e.expected, e.actual, index=index) from None
         except CommandRefused as e:
             raise CommandRefused(e.detail, index=index, memory_id=e.memory_id) from None
         except InputError as e:
             raise InputError(e.detail, index=index, field=e.field) from None
-        vector = getattr(event, "vector", None)
-        row = StoredRow(
-            seq=record.seq,
-            event_id=event_id,
-            type=event_type(event),
-            memory_id=getattr(event, "memory_id", None),
-            version=version,
-            user_id=_scope_value(event, touched, "user_id"),
-            agent_id=_scope_value(event, touched, "agent_id"),
-            run_id=_scope_value(event, touched, "run_id"),
-            recorded_at=format_time(record.recorded_at),
-            payload=record_payload(event),
-            vector=None if vector is None else pack_vector(vector),
-            prev_hash=record.prev_hash,
-            hash=record.hash,
-        )
         tx.insert(row, touched)
         for memory in touched:
             pending[memory.memory_id] = memory
-        head = Head(record.seq, record.hash)
+        head = Head(row.seq, row.hash)
+        record = RecordedEvent(
+            seq=row.seq,
+            event=event,
+            event_id=event_id,
+            version=version,
+            recorded_at=parse_time(row.recorded_at),
+            prev_hash=row.prev_hash,
+            hash=row.hash,
+            vector_f32=row.vector,
+        )
         seen[event_id] = record
         out.append(record)
     return out
@@ -341,44 +343,61 @@ def record_payload(event: Event) -> bytes:
     return payload_bytes(event)
 
 
-def _record(head: Head, event: Event, version: int | None, now: str, given: Recorded | None) -> RecordedEvent:
+def _checked(index: int, event: Event) -> Event:
+    try:
+        return check_event(event)
+    except InputError as e:
+        raise InputError(e.detail, index=index, field=e.field) from None
+
+
+def _stored_row(
+    head: Head, event: Event, version: int | None, touched: list[MemoryRow], now: str, given: Recorded | None
+) -> StoredRow:
+    """The row to store for ``event``; for an imported record, check it continues the chain."""
     seq = head.seq + 1
     recorded_at = now
     if given is not None:
         recorded_at = given.recorded_at
         if given.seq != seq:
-            raise InputError(f"`seq` {given.seq} does not continue the log (expected {seq})")
+            raise InputError(f"`seq` {given.seq} does not continue the log (expected {seq})", field="seq")
         if given.version != version:
-            raise InputError(f"`version` {given.version} does not match the log's version {version}")
+            raise InputError(f"`version` {given.version} does not match the log's version {version}", field="version")
         if given.prev_hash is not None and given.prev_hash != head.hash:
-            raise InputError("`prev_hash` does not match the previous event's hash")
+            raise InputError("`prev_hash` does not match the previous event's hash", field="prev_hash")
     vector = getattr(event, "vector", None)
     packed = None if vector is None else pack_vector(vector)
-    digest = chain_hash(
-        head.hash, seq=seq, version=version, recorded_at=recorded_at, payload=record_payload(event), vector=packed
-    )
+    payload = record_payload(event)
+    digest = chain_hash(head.hash, seq=seq, version=version, recorded_at=recorded_at, payload=payload, vector=packed)
     if given is not None and given.hash != digest:
-        raise InputError(f"`hash` of seq {seq} does not match its content (tampered export?)")
-    return RecordedEvent(
+        raise InputError(f"`hash` of seq {seq} does not match its content (tampered export?)", field="hash")
+    return StoredRow(
         seq=seq,
-        event=event,
         event_id=event.event_id or "",
+        type=event_type(event),
+        memory_id=getattr(event, "memory_id", None),
         version=version,
-        recorded_at=parse_time(recorded_at),
+        user_id=_scope_value(event, touched, "user_id"),
+        agent_id=_scope_value(event, touched, "agent_id"),
+        run_id=_scope_value(event, touched, "run_id"),
+        recorded_at=recorded_at,
+        payload=payload,
+        vector=packed,
         prev_hash=head.hash,
         hash=digest,
-        vector_f32=packed,
     )
 
 
-def _check_call_version(tx: AppendTx, events: Sequence[Event], expected: int) -> None:
-    ids = {getattr(e, "memory_id", None) for e in events if isinstance(e, MemoryAdded | MemoryUpdated | MemoryDeleted)}
+def _call_memory(events: Sequence[Event]) -> str:
+    """The one memory a call with a call-level ``expected_version`` touches."""
+    ids = {e.memory_id for e in events if isinstance(e, MemoryAdded | MemoryUpdated | MemoryDeleted)}
     if len(ids) != 1:
         raise InputError(
             "`expected_version` applies to a call whose events all touch one memory", field="expected_version"
         )
-    memory_id = ids.pop()
-    assert memory_id is not None
+    return ids.pop()
+
+
+def _check_call_version(tx: AppendTx, memory_id: str, expected: int) -> None:
     row = tx.memory(memory_id)
     actual = row.version if row is not None else 0
     if actual != expected:

@@ -411,13 +411,6 @@ class SQLiteEventLog(EventLog):
     def query(
         self, q: LogQuery, *, after: int = 0, limit: int | None = None, descending: bool = False
     ) -> Iterator[RecordedEvent]:
-        if q.memory_id is not None:
-            records = self.read_stream(q.memory_id)
-            matching = [r for r in records if r.seq > after and _matches(r, q)]
-            if descending:
-                matching.reverse()
-            yield from matching[:limit] if limit is not None else matching
-            return
         where, params = _query_sql(q)
         order = "DESC" if descending else "ASC"
         cursor = 2**62 if descending else after
@@ -495,6 +488,9 @@ def _prefixed(alias: str) -> str:
 def _query_sql(q: LogQuery) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
+    if q.memory_id is not None:  # the memory's stream, bulk deletes included
+        clauses.append("seq IN (SELECT seq FROM streams WHERE memory_id = ?)")
+        params.append(q.memory_id)
     scope = [(k, getattr(q, k)) for k in ("user_id", "agent_id", "run_id") if getattr(q, k) is not None]
     if scope:
         match = " AND ".join(f"{k} = ?" for k, _ in scope)
@@ -510,14 +506,6 @@ def _query_sql(q: LogQuery) -> tuple[str, list[Any]]:
         clauses.append("recorded_at <= ?")
         params.append(format_time(q.until))
     return "".join(f" AND {c}" for c in clauses), params
-
-
-def _matches(record: RecordedEvent, q: LogQuery) -> bool:
-    if q.type is not None and record.type != q.type:
-        return False
-    if q.since is not None and record.recorded_at < q.since:
-        return False
-    return not (q.until is not None and record.recorded_at > q.until)
 
 
 def _canonical_time(value: Any, line: int) -> str:

@@ -1,0 +1,611 @@
+"""The Memory facade: mem0's verbs over the event log.
+
+Every write is one atomic append to the log; the stores are projections of it.
+Reads:
+
+* ``get``, ``get_all`` and ``history`` read the **log** (folding only the
+  streams they need), so they are always exact and never lag;
+* ``search`` reads the **stores** (vector hits, graph facts). With the default
+  ``consistency = "inline"`` the facade projects each write before returning,
+  so a search sees the caller's own writes (read-your-writes). With ``"wait"``
+  a write waits until a follower process has projected it; with ``"async"`` a
+  search may lag the log by the projector's lag (see ``status``).
+
+A failed inline projection never fails the write: the write is durable in the
+log, the store catches up on the next write or ``memsync project``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from memsync.config import MemsyncConfig, load_config
+from memsync.embeddings import Embedder, make_embedder
+from memsync.errors import InputError, MemsyncError
+from memsync.events import (
+    SCOPE_FIELDS,
+    Entity,
+    Event,
+    MemoriesDeleted,
+    MemoriesReset,
+    MemoryAdded,
+    MemoryDeleted,
+    MemoryUpdated,
+    RecordedEvent,
+    Relation,
+    format_time,
+    normalize_name,
+    validate,
+)
+from memsync.fold import MemoryState, State, fold
+from memsync.history import memory_history
+from memsync.hooks import Hooks
+from memsync.log import LogQuery
+from memsync.stores import GraphStore, VectorStore
+from memsync.system import MemSync
+
+logger = logging.getLogger("memsync.facade")
+
+EntityLike = str | Entity | Mapping[str, Any]
+RelationLike = Relation | Sequence[str] | Mapping[str, Any]
+Extractor = Callable[[str], tuple[Sequence[EntityLike], Sequence[RelationLike]]]
+EMBEDDING_MODEL_KEY = "embedding_model"
+EMBEDDING_DIM_KEY = "embedding_dim"
+
+
+class Memory:
+    """mem0-style memory whose writes go through the event log."""
+
+    def __init__(
+        self,
+        config: MemsyncConfig | None = None,
+        *,
+        system: MemSync | None = None,
+        embedder: Embedder | str | None = "config",
+        extractor: Extractor | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.config = config or (system.config if system else MemsyncConfig())
+        self.hooks = hooks or (system.hooks if system else Hooks())
+        self.system = system or MemSync(self.config, hooks=self.hooks)
+        self.system.hooks = self.hooks
+        if isinstance(embedder, str):
+            embedder = make_embedder(self.config.facade.embedder if embedder == "config" else embedder)
+        self.embedder: Embedder | None = embedder
+        self.extractor = extractor
+        self._project_locks = {kind: threading.Lock() for kind in ("vector", "graph")}
+
+    @classmethod
+    def from_config(
+        cls,
+        config: MemsyncConfig | Mapping[str, Any] | str | Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Memory:
+        """Build from a config object, a dict, a TOML file path, or nothing (defaults).
+
+        ``env`` (e.g. ``os.environ``) adds ``MEMSYNC_*`` settings; the library never
+        reads the environment on its own.
+        """
+        if isinstance(config, MemsyncConfig):
+            resolved = config
+        elif isinstance(config, str | Path):
+            resolved = load_config(Path(config), env=env)
+        else:
+            resolved = load_config(None, env=env, overrides=_flatten(dict(config or {})))
+        return cls(resolved, **kwargs)
+
+    # ------------------------------------------------------------ writes
+
+    def add(
+        self,
+        text_or_messages: str | Sequence[Mapping[str, Any]],
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        vector: Sequence[float] | None = None,
+        entities: Sequence[EntityLike] | None = None,
+        relations: Sequence[RelationLike] | None = None,
+        memory_id: str | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Add one memory (a text) or one per message (``[{"role", "content"}]``)."""
+        items = _texts(text_or_messages)
+        if len(items) > 1 and (memory_id is not None or vector is not None):
+            raise InputError("`memory_id` and `vector` apply to a single text, not a list of messages")
+        vectors = self._vectors([t for t, _ in items], vector)
+        events: list[Event] = []
+        for (text, role), vec in zip(items, vectors, strict=True):
+            meta = dict(metadata or {})
+            if role is not None:
+                meta.setdefault("role", role)
+            if vector is None and vec is not None and self.embedder is not None:
+                meta[EMBEDDING_MODEL_KEY] = self.embedder.model
+                meta[EMBEDDING_DIM_KEY] = self.embedder.dimension
+            ents, rels = self._extract(text, entities, relations)
+            events.append(
+                validate(
+                    MemoryAdded(
+                        memory_id=memory_id or str(uuid.uuid4()),
+                        text=text,
+                        user_id=user_id,
+                        agent_id=agent_id,
+                        run_id=run_id,
+                        vector=vec,
+                        metadata=meta or None,
+                        entities=ents,
+                        relations=rels,
+                        actor=actor,
+                        reason=reason,
+                    )
+                )
+            )
+        records = self._write(events)
+        results = [{"id": r.memory_id, "memory": r.event.text, "event": "ADD", "seq": r.seq} for r in records]  # type: ignore[union-attr]
+        facts = [_fact(rel) for e in events for rel in (e.relations or [])]  # type: ignore[union-attr]
+        return {"results": results, "relations": facts}
+
+    def add_many(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Add many memories in ONE atomic append (``items`` take ``add``'s keywords plus ``text``).
+
+        Validated together: one bad item raises an error naming its index and nothing is recorded.
+        """
+        events: list[Event] = []
+        texts = [str(item.get("text", "")) for item in items]
+        need = [i for i, item in enumerate(items) if item.get("vector") is None]
+        embedded = self._embed([texts[i] for i in need]) if need and self.embedder else []
+        vectors: dict[int, list[float]] = dict(zip(need, embedded, strict=False))
+        for index, item in enumerate(items):
+            try:
+                unknown = set(item) - _ADD_MANY_KEYS
+                if unknown:
+                    raise InputError(f"unknown key(s) {sorted(unknown)}", field=sorted(unknown)[0])
+                meta = dict(item.get("metadata") or {})
+                vec = item.get("vector")
+                if vec is None and index in vectors and self.embedder is not None:
+                    vec = vectors[index]
+                    meta[EMBEDDING_MODEL_KEY] = self.embedder.model
+                    meta[EMBEDDING_DIM_KEY] = self.embedder.dimension
+                ents, rels = self._extract(texts[index], item.get("entities"), item.get("relations"))
+                events.append(
+                    validate(
+                        MemoryAdded(
+                            memory_id=item.get("memory_id") or str(uuid.uuid4()),
+                            text=texts[index],
+                            user_id=item.get("user_id"),
+                            agent_id=item.get("agent_id"),
+                            run_id=item.get("run_id"),
+                            vector=list(vec) if vec is not None else None,
+                            metadata=meta or None,
+                            entities=ents,
+                            relations=rels,
+                            actor=item.get("actor"),
+                            reason=item.get("reason"),
+                        )
+                    )
+                )
+            except InputError as e:
+                raise InputError(f"item {index}: {e.detail}", field=e.field, index=index) from None
+            except (TypeError, ValueError) as e:
+                raise InputError(f"item {index}: {e}", index=index) from None
+        records = self._write(events)
+        return {"results": [{"id": r.memory_id, "event": "ADD", "seq": r.seq} for r in records]}
+
+    def update(
+        self,
+        memory_id: str,
+        text: str | None = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        vector: Sequence[float] | None = None,
+        entities: Sequence[EntityLike] | None = None,
+        relations: Sequence[RelationLike] | None = None,
+        expected_version: int | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Update one memory; each given field replaces the old value."""
+        current = self._state(memory_id)
+        new_vector = list(vector) if vector is not None else None
+        meta = dict(metadata) if metadata is not None else None
+        if text is not None and new_vector is None and self.embedder is not None:
+            new_vector = self._embed([text])[0]
+            meta = dict(meta if meta is not None else (current.metadata if current else {}))
+            meta[EMBEDDING_MODEL_KEY] = self.embedder.model
+            meta[EMBEDDING_DIM_KEY] = self.embedder.dimension
+        elif meta is not None and current is not None and vector is None:
+            for key in (EMBEDDING_MODEL_KEY, EMBEDDING_DIM_KEY):  # the vector stays, so does its provenance
+                if key in current.metadata:
+                    meta.setdefault(key, current.metadata[key])
+        if text is not None and entities is None and relations is None and self.extractor is not None:
+            extracted_entities, extracted_relations = self._extract(text, None, None)
+            entities, relations = extracted_entities, extracted_relations
+        ents, rels = entities, relations
+        event = validate(
+            MemoryUpdated(
+                memory_id=memory_id,
+                text=text,
+                metadata=meta,
+                vector=new_vector,
+                entities=_entities(ents) if ents is not None else None,
+                relations=_relations(rels) if rels is not None else None,
+                expected_version=expected_version,
+                actor=actor,
+                reason=reason,
+            )
+        )
+        record = self._write([event])[0]
+        return {
+            "id": memory_id,
+            "memory": text,
+            "event": "UPDATE",
+            "version": record.version,
+            "seq": record.seq,
+            "message": "Memory updated successfully!",
+        }
+
+    def delete(self, memory_id: str, *, actor: str | None = None, reason: str | None = None) -> dict[str, Any]:
+        record = self._write([MemoryDeleted(memory_id=memory_id, actor=actor, reason=reason)])[0]
+        return {"id": memory_id, "event": "DELETE", "seq": record.seq, "message": "Memory deleted successfully!"}
+
+    def delete_all(
+        self,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        if not (user_id or agent_id or run_id):
+            raise InputError(
+                "delete_all needs at least one of user_id, agent_id, run_id; use reset() to delete everything",
+                field="user_id",
+            )
+        event = MemoriesDeleted(user_id=user_id, agent_id=agent_id, run_id=run_id, actor=actor, reason=reason)
+        record = self._write([event])[0]
+        return {"seq": record.seq, "message": "Memories deleted successfully!"}
+
+    def reset(self, *, actor: str | None = None, reason: str | None = None) -> dict[str, Any]:
+        record = self._write([MemoriesReset(actor=actor, reason=reason)])[0]
+        return {"seq": record.seq, "message": "Memory store reset successfully!"}
+
+    # ------------------------------------------------------------ reads
+
+    def get(self, memory_id: str) -> dict[str, Any] | None:
+        state = self._state(memory_id)
+        return _item(state) if state is not None else None
+
+    def get_all(
+        self,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        scope = _scope(user_id, agent_id, run_id, "get_all")
+        memories = [m for m in self._scoped_states(scope) if _metadata_matches(m, filters)]
+        memories.sort(key=lambda m: (m.updated_at, m.seq), reverse=True)
+        return {"results": [_item(m) for m in memories[:limit]]}
+
+    def search(
+        self,
+        query: str | Sequence[float],
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        limit: int = 10,
+        threshold: float | None = None,
+    ) -> dict[str, Any]:
+        """Vector hits within the scope, plus the graph facts around the matched entities."""
+        scope = _scope(user_id, agent_id, run_id, "search")
+        if isinstance(query, str):
+            if self.embedder is None:
+                raise InputError("search by text needs an embedder (or pass a vector)", field="query")
+            vector = self._embed([query])[0]
+        else:
+            vector = [float(x) for x in query]
+        store = self.system.store("vector")
+        assert isinstance(store, VectorStore)
+        hits = store.search(vector, scope=scope, filters=dict(filters or {}), limit=limit, threshold=threshold)
+        results = []
+        for hit in hits:
+            item = _payload_item(hit.payload)
+            item["score"] = hit.score
+            results.append(item)
+        return {"results": results, "relations": self._relations_for(query, scope, [h.memory_id for h in hits])}
+
+    def history(self, memory_id: str) -> list[dict[str, Any]]:
+        entries = memory_history(memory_id, self.system.log.read_stream(memory_id))
+        for entry in entries:
+            entry["id"] = entry["event_id"]
+            entry["created_at"] = entry["recorded_at"]
+            entry["is_deleted"] = entry["event"] == "DELETE"
+        return entries
+
+    def wait_for(self, seq: int, timeout: float | None = None) -> None:
+        """Block until every projection has applied ``seq`` (for ``consistency = "async"``)."""
+        self.system.wait_for(seq, timeout or self.config.facade.wait_timeout)
+
+    def close(self) -> None:
+        self.system.close()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _write(self, events: list[Event]) -> list[RecordedEvent]:
+        self.hooks.emit("before_append", events=events)
+        records = self.system.log.append(events)
+        self.hooks.emit("after_append", records=records)
+        mode = self.config.facade.consistency
+        if mode == "inline":
+            self._project_inline()
+        elif mode == "wait" and records:
+            self.system.wait_for(records[-1].seq, self.config.facade.wait_timeout)
+        return records
+
+    def _project_inline(self) -> None:
+        for kind in self.system.kinds:
+            with self._project_locks[kind]:
+                try:
+                    self.system.runner(kind).catch_up()
+                except MemsyncError as e:
+                    logger.warning(
+                        "inline %s projection failed; the log has the write, the store will catch up: %s", kind, e
+                    )
+
+    def _state(self, memory_id: str) -> MemoryState | None:
+        return fold(self.system.log.read_stream(memory_id)).memories.get(memory_id)
+
+    def _scoped_states(self, scope: dict[str, str]) -> list[MemoryState]:
+        log = self.system.log
+        ids = {
+            r.memory_id
+            for r in log.query(
+                LogQuery(user_id=scope.get("user_id"), agent_id=scope.get("agent_id"), run_id=scope.get("run_id"))
+            )
+            if r.memory_id is not None
+        }
+        state: State = fold(log.read_streams(sorted(ids), until_seq=log.head().seq))
+        return [m for m in state if m.matches(scope)]
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        assert self.embedder is not None
+        return self.embedder.embed(texts)
+
+    def _vectors(self, texts: list[str], vector: Sequence[float] | None) -> list[list[float] | None]:
+        if vector is not None:
+            return [[float(x) for x in vector]]
+        if self.embedder is None:
+            return [None] * len(texts)
+        return list(self._embed(texts))
+
+    def _extract(
+        self, text: str, entities: Sequence[EntityLike] | None, relations: Sequence[RelationLike] | None
+    ) -> tuple[list[Entity] | None, list[Relation] | None]:
+        if entities is None and relations is None and self.extractor is not None:
+            entities, relations = self.extractor(text)
+        return (
+            _entities(entities) if entities is not None else None,
+            _relations(relations) if relations is not None else None,
+        )
+
+    def _relations_for(self, query: Any, scope: dict[str, str], hit_ids: list[str]) -> list[dict[str, str]]:
+        if "graph" not in self.system.kinds:
+            return []
+        names: set[str] = set()
+        if isinstance(query, str) and self.extractor is not None:
+            ents, rels = self._extract(query, None, None)
+            names.update(e.name for e in ents or [])
+            names.update(n for r in rels or [] for n in (r.source, r.target))
+        if hit_ids:
+            log = self.system.log
+            for memory in fold(log.read_streams(hit_ids, until_seq=log.head().seq)):
+                names.update(memory.mentions)
+        if not names:
+            return []
+        store = self.system.store("graph")
+        assert isinstance(store, GraphStore)
+        field = next(k for k in SCOPE_FIELDS if k in scope)
+        facts = store.relations(sorted({normalize_name(n) for n in names}), scope=(field, scope[field]))
+        return [{"source": s, "relationship": r, "destination": t} for s, r, t in facts]
+
+
+_ADD_MANY_KEYS = {
+    "text",
+    "user_id",
+    "agent_id",
+    "run_id",
+    "metadata",
+    "vector",
+    "entities",
+    "relations",
+    "memory_id",
+    "actor",
+    "reason",
+}
+
+
+class AsyncMemory:
+    """:class:`Memory` with every method a coroutine (run in worker threads)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._memory = kwargs.pop("memory", None) or Memory(*args, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: Any = None, **kwargs: Any) -> AsyncMemory:
+        return cls(memory=Memory.from_config(config, **kwargs))
+
+    @property
+    def sync(self) -> Memory:
+        return self._memory
+
+    async def add(self, text_or_messages: Any, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(partial(self._memory.add, text_or_messages, **kwargs))
+
+    async def add_many(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return await asyncio.to_thread(self._memory.add_many, items)
+
+    async def update(self, memory_id: str, text: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(partial(self._memory.update, memory_id, text, **kwargs))
+
+    async def delete(self, memory_id: str, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(partial(self._memory.delete, memory_id, **kwargs))
+
+    async def delete_all(self, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(partial(self._memory.delete_all, **kwargs))
+
+    async def reset(self, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(partial(self._memory.reset, **kwargs))
+
+    async def get(self, memory_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self._memory.get, memory_id)
+
+    async def get_all(self, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(partial(self._memory.get_all, **kwargs))
+
+    async def search(self, query: str | Sequence[float], **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(partial(self._memory.search, query, **kwargs))
+
+    async def history(self, memory_id: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._memory.history, memory_id)
+
+    async def wait_for(self, seq: int, timeout: float | None = None) -> None:
+        await asyncio.to_thread(self._memory.wait_for, seq, timeout)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._memory.close)
+
+    async def __aenter__(self) -> AsyncMemory:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def _texts(value: str | Sequence[Mapping[str, Any]]) -> list[tuple[str, str | None]]:
+    if isinstance(value, str):
+        return [(value, None)]
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping) or not isinstance(message.get("content"), str):
+            raise InputError(f"messages[{i}] must be {{'role': ..., 'content': str}}", field=f"messages[{i}]")
+        if message.get("role") != "system" and message["content"].strip():
+            out.append((message["content"], message.get("role")))
+    if not out:
+        raise InputError("no text to remember in the messages", field="messages")
+    return out
+
+
+def _scope(user_id: str | None, agent_id: str | None, run_id: str | None, verb: str) -> dict[str, str]:
+    scope = {k: v for k, v in (("user_id", user_id), ("agent_id", agent_id), ("run_id", run_id)) if v}
+    if not scope:
+        raise InputError(f"{verb} needs at least one of user_id, agent_id, run_id", field="user_id")
+    return scope
+
+
+def _entities(values: Sequence[EntityLike]) -> list[Entity]:
+    out = []
+    for i, value in enumerate(values):
+        if isinstance(value, Entity):
+            out.append(value)
+        elif isinstance(value, str):
+            out.append(Entity(name=value))
+        elif isinstance(value, Mapping) and isinstance(value.get("name"), str):
+            out.append(Entity(name=value["name"], type=value.get("type")))
+        else:
+            raise InputError(f"entities[{i}] must be a name or {{'name', 'type'}}", field=f"entities[{i}]")
+    return out
+
+
+def _relations(values: Sequence[RelationLike]) -> list[Relation]:
+    out: list[Relation] = []
+    for i, value in enumerate(values):
+        if isinstance(value, Relation):
+            out.append(value)
+        elif isinstance(value, Mapping):
+            source = value.get("source")
+            relation = value.get("relation", value.get("relationship"))
+            target = value.get("target", value.get("destination"))
+            if not all(isinstance(x, str) for x in (source, relation, target)):
+                raise InputError(f"relations[{i}] needs source, relation, target", field=f"relations[{i}]")
+            out.append(Relation(source=source, relation=relation, target=target))  # type: ignore[arg-type]
+        elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3:
+            if not all(isinstance(x, str) for x in value):
+                raise InputError(f"relations[{i}] must be three strings", field=f"relations[{i}]")
+            out.append(Relation(source=value[0], relation=value[1], target=value[2]))
+        else:
+            raise InputError(f"relations[{i}] must be (source, relation, target)", field=f"relations[{i}]")
+    return out
+
+
+def _fact(rel: Any) -> dict[str, str]:
+    return {"source": rel.source, "relationship": rel.relation, "destination": rel.target}
+
+
+def _metadata_matches(memory: MemoryState, filters: Mapping[str, Any] | None) -> bool:
+    return all(memory.metadata.get(k) == v for k, v in (filters or {}).items())
+
+
+def _item(memory: MemoryState) -> dict[str, Any]:
+    return {
+        "id": memory.memory_id,
+        "memory": memory.text,
+        "metadata": memory.metadata,
+        "user_id": memory.user_id,
+        "agent_id": memory.agent_id,
+        "run_id": memory.run_id,
+        "created_at": format_time(memory.created_at),
+        "updated_at": format_time(memory.updated_at),
+        "version": memory.version,
+        "entities": [{"name": n, "type": t} for n, t in memory.mentions.items()],
+        "relations": [{"source": s, "relationship": r, "destination": t} for s, r, t in memory.relations],
+        "vector_dim": len(memory.vector) // 4 if memory.vector else None,
+    }
+
+
+def _payload_item(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": payload["memory_id"],
+        "memory": payload["text"],
+        "metadata": payload.get("metadata") or {},
+        "user_id": payload.get("user_id"),
+        "agent_id": payload.get("agent_id"),
+        "run_id": payload.get("run_id"),
+        "created_at": payload.get("created_at"),
+        "updated_at": payload.get("updated_at"),
+        "version": payload.get("version"),
+    }
