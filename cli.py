@@ -575,10 +575,12 @@ def _follow(system: MemSync, kinds: list[str]) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    for kind in kinds:
-        system.store(kind)  # open (and lock) the stores before announcing
     click.echo(f"following {', '.join(kinds)} (Ctrl-C to stop)", err=True)
-    threads = system.follow(kinds, stop)
+
+    def on_state(kind: str, state: str) -> None:
+        click.echo(f"{kind}: {state}", err=True)
+
+    threads = system.follow(kinds, stop, on_state=on_state)
     while not stop.is_set():
         stop.wait(0.5)
     for thread in threads:

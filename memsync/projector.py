@@ -164,9 +164,16 @@ class ProjectionRunner:
                 progress(len(records))
         return done
 
-    def follow(self, stop: threading.Event, *, on_idle: Callable[[], None] | None = None) -> None:
-        """Catch up, then apply new events as they are appended, until ``stop`` is set."""
-        while not stop.is_set():
+    def follow(
+        self,
+        stop: threading.Event,
+        *,
+        on_idle: Callable[[], None] | None = None,
+        keep_going: Callable[[], bool] | None = None,
+    ) -> None:
+        """Catch up, then apply new events as they are appended, until ``stop`` is set
+        (or ``keep_going`` returns False, e.g. when leadership is lost)."""
+        while not stop.is_set() and (keep_going is None or keep_going()):
             try:
                 self.catch_up(patient=False)
             except StoreUnavailable as e:

@@ -11,11 +11,13 @@ import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from memsync.config import MemsyncConfig
 from memsync.errors import ConfigError, MemsyncError, WaitTimeout
 from memsync.hooks import Hooks
+from memsync.leader import FileLeadership, Leadership
 from memsync.log import EventLog
 from memsync.projector import Progress, ProjectionRunner, rebuild
 from memsync.stores import Projection, open_store
@@ -122,14 +124,57 @@ class MemSync:
                 result[kind] = {"error": str(e)}
         return result
 
-    def follow(self, kinds: Sequence[str] | None, stop: threading.Event) -> list[threading.Thread]:
+    def leadership(self, kind: str) -> Leadership:
+        """The lock that makes one follower per projection active (see memsync.leader)."""
+        log = self.log
+        factory = getattr(log, "leadership", None)
+        if factory is not None:
+            lock: Leadership = factory(kind)
+            return lock
+        path = getattr(log, "path", None)
+        if path is None:
+            raise ConfigError(f"the {type(log).__name__} log offers no leadership lock")
+        return FileLeadership(Path(f"{path}.{kind}.leader"))
+
+    def follow(
+        self,
+        kinds: Sequence[str] | None,
+        stop: threading.Event,
+        *,
+        on_state: Callable[[str, str], None] | None = None,
+        standby_poll: float = 0.5,
+    ) -> list[threading.Thread]:
+        """Follow each projection in its own thread; a thread applies only while it leads."""
         threads = []
         for kind in kinds or self.kinds:
-            runner = self.runner(kind)
-            thread = threading.Thread(target=runner.follow, args=(stop,), name=f"memsync-{kind}", daemon=True)
+            args = (kind, stop, on_state or (lambda k, s: None), standby_poll)
+            thread = threading.Thread(target=self._follow_kind, args=args, name=f"memsync-{kind}", daemon=True)
             thread.start()
             threads.append(thread)
         return threads
+
+    def _follow_kind(
+        self, kind: str, stop: threading.Event, on_state: Callable[[str, str], None], standby_poll: float
+    ) -> None:
+        lead = self.leadership(kind)
+        standing_by = False
+        try:
+            while not stop.is_set():
+                if not lead.try_acquire():
+                    if not standing_by:
+                        on_state(kind, "standby")
+                        standing_by = True
+                    stop.wait(standby_poll)
+                    continue
+                standing_by = False
+                on_state(kind, "active")
+                try:
+                    self.runner(kind).follow(stop, keep_going=lead.still_held)
+                except MemsyncError as e:  # e.g. the store cannot be opened yet: retry later
+                    on_state(kind, f"error: {e}")
+                    stop.wait(standby_poll)
+        finally:
+            lead.release()
 
     def wait_for(self, seq: int, timeout: float = 10.0, kinds: Sequence[str] | None = None) -> None:
         """Block until every selected projection's checkpoint reaches ``seq``."""
