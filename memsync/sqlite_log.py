@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -231,6 +232,7 @@ class SQLiteEventLog(EventLog):
         self._closed = False
         self._connections: list[sqlite3.Connection] = []
         self._writer = self._connect(create=True)
+        self._writer.execute("PRAGMA busy_timeout = 0")  # the writer waits in _begin_immediate
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> SQLiteEventLog:
@@ -313,7 +315,7 @@ class SQLiteEventLog(EventLog):
     def _commit(self, batch: list[_Call]) -> None:
         db = self._writer
         try:
-            db.execute("BEGIN IMMEDIATE")
+            _begin_immediate(db)
             try:
                 for call in batch:
                     self._apply_call(db, call)
@@ -321,16 +323,19 @@ class SQLiteEventLog(EventLog):
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        except sqlite3.DatabaseError as e:
-            error = LogError(f"appending to the SQLite log {self.path} failed: {e}")
+        except BaseException as e:
+            # nothing of the batch was committed: no call may return records
+            error = LogError(f"appending to the SQLite log {self.path} failed: {e!r}")
             error.__cause__ = e
             for call in batch:
                 call.error, call.result = call.error or error, []
+            if not isinstance(e, sqlite3.DatabaseError):
+                raise
         finally:
             for call in batch:
                 call.done = True
-        with self._appended:
-            self._appended.notify_all()
+            with self._appended:
+                self._appended.notify_all()
 
     def _apply_call(self, db: sqlite3.Connection, call: _Call) -> None:
         db.execute("SAVEPOINT call")
@@ -456,11 +461,10 @@ class SQLiteEventLog(EventLog):
     # ------------------------------------------------------------ parked
 
     def park(self, projection: str, seq: int, error: str, attempts: int) -> None:
-        with self._leader:
-            self._writer.execute(
-                "INSERT OR REPLACE INTO parked (projection, seq, error, attempts, parked_at) VALUES (?, ?, ?, ?, ?)",
-                (projection, seq, error[:2000], attempts, format_time(utcnow())),
-            )
+        self._write(
+            "INSERT OR REPLACE INTO parked (projection, seq, error, attempts, parked_at) VALUES (?, ?, ?, ?, ?)",
+            (projection, seq, error[:2000], attempts, format_time(utcnow())),
+        )
 
     def parked(self, projection: str | None = None) -> list[ParkedEvent]:
         where, params = ("WHERE projection = ?", [projection]) if projection else ("", [])
@@ -470,8 +474,22 @@ class SQLiteEventLog(EventLog):
         return [ParkedEvent(projection=r[0], seq=r[1], error=r[2], attempts=r[3], parked_at=r[4]) for r in rows]
 
     def unpark(self, projection: str, seq: int) -> None:
+        self._write("DELETE FROM parked WHERE projection = ? AND seq = ?", (projection, seq))
+
+    def _write(self, sql: str, params: Sequence[Any]) -> None:
+        """One statement outside the event tables, in its own write transaction."""
         with self._leader:
-            self._writer.execute("DELETE FROM parked WHERE projection = ? AND seq = ?", (projection, seq))
+            db = self._writer
+            try:
+                _begin_immediate(db)
+                try:
+                    db.execute(sql, params)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as e:
+                raise LogError(f"writing to the SQLite log {self.path} failed: {e}") from e
 
     def close(self) -> None:
         self._closed = True
@@ -479,6 +497,31 @@ class SQLiteEventLog(EventLog):
             with contextlib.suppress(sqlite3.Error):
                 db.close()
         self._connections.clear()
+
+
+_LOCK_WAIT: Final = 60.0
+
+
+def _begin_immediate(db: sqlite3.Connection) -> None:
+    """Take SQLite's write lock, waiting up to ``_LOCK_WAIT`` seconds.
+
+    SQLite's own busy handler sleeps up to 100 ms between tries, so a waiting
+    process misses the short gaps between another process's commits and
+    appends from several processes crawl; polling every fraction of a
+    millisecond keeps them flowing.
+    """
+    deadline = time.monotonic() + _LOCK_WAIT
+    delay = 0.0001
+    while True:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as e:
+            code = getattr(e, "sqlite_errorcode", sqlite3.SQLITE_BUSY) & 0xFF  # primary code
+            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 1.5, 0.002)
 
 
 def _prefixed(alias: str) -> str:
