@@ -33,18 +33,15 @@ from memsync.events import (
     Event,
     MemoriesDeleted,
     MemoriesReset,
-    MemoryAdded,
     MemoryDeleted,
-    MemoryUpdated,
     Relation,
     decode_event,
     encode_json,
-    event_from_dict,
-    event_to_dict,
     parse_time,
     recorded_from_dict,
     validate,
 )
+from memsync.facade import Memory
 from memsync.history import describe_changes, memory_history
 from memsync.log import LogQuery
 from memsync.system import MemSync
@@ -218,28 +215,41 @@ def add(
     reason: str | None,
     as_json: bool,
 ) -> None:
-    """Add one memory."""
-    import uuid
-
-    event = MemoryAdded(
-        memory_id=memory_id or str(uuid.uuid4()),
-        text=text,
-        user_id=user_id,
-        agent_id=agent_id,
-        run_id=run_id,
-        metadata=_json_arg(metadata, "metadata"),
-        vector=_json_arg(vector, "vector"),
-        entities=_entities(entities),
-        relations=_relations(relations),
-        **_envelope(actor, reason),
-    )
-    _append(ctx, [_checked(_retyped(event))], as_json)
-
-
-def _retyped(event: Event) -> Event:
-    """Re-check CLI-built values against the event types (e.g. --metadata must be an object)."""
+    """Add one memory (embedded with the configured embedder unless --vector is given)."""
     with library_errors():
-        return event_from_dict(event_to_dict(event))
+        out = facade(ctx).add(
+            text,
+            memory_id=memory_id,
+            user_id=user_id,
+            agent_id=agent_id,
+            run_id=run_id,
+            metadata=_json_object(metadata, "metadata"),
+            vector=_json_arg(vector, "vector"),
+            entities=_entities(entities),
+            relations=_relations(relations),
+            actor=actor,
+            reason=reason,
+        )
+    _report_write(out["results"][0], as_json)
+
+
+def facade(ctx: click.Context) -> Memory:
+    """The Memory facade over this command's MemSync (same log, same stores)."""
+    return Memory(app(ctx).config, system=app(ctx))
+
+
+def _json_object(value: str | None, name: str) -> dict[str, Any] | None:
+    data = _json_arg(value, name)
+    if data is not None and not isinstance(data, dict):
+        raise CliError(f"--{name}: expected a JSON object")
+    return data
+
+
+def _report_write(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit(result)
+    else:
+        click.echo(f"{result['event'].lower()} {result['id']}: seq {result['seq']}")
 
 
 @main.command()
@@ -267,18 +277,20 @@ def update(
     reason: str | None,
     as_json: bool,
 ) -> None:
-    """Update one memory (each given field replaces the old value)."""
-    event = MemoryUpdated(
-        memory_id=memory_id,
-        text=text,
-        metadata=_json_arg(metadata, "metadata"),
-        vector=_json_arg(vector, "vector"),
-        entities=_entities(entities),
-        relations=_relations(relations),
-        expected_version=expected_version,
-        **_envelope(actor, reason),
-    )
-    _append(ctx, [_checked(_retyped(event))], as_json)
+    """Update one memory (each given field replaces the old value; a new text is re-embedded)."""
+    with library_errors():
+        out = facade(ctx).update(
+            memory_id,
+            text,
+            metadata=_json_object(metadata, "metadata"),
+            vector=_json_arg(vector, "vector"),
+            entities=_entities(entities),
+            relations=_relations(relations),
+            expected_version=expected_version,
+            actor=actor,
+            reason=reason,
+        )
+    _report_write(out, as_json)
 
 
 @main.command()
@@ -507,6 +519,61 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(
             f"{kind:>7}: checkpoint {entry['checkpoint']}  lag {entry['lag']}  parked {entry['parked']}  {reach}{extra}"
         )
+
+
+@main.command()
+@click.argument("query")
+@click.option("--user", "user_id")
+@click.option("--agent", "agent_id")
+@click.option("--run", "run_id")
+@click.option("--filter", "filters", multiple=True, help="KEY=VALUE on metadata (repeatable; VALUE may be JSON)")
+@click.option("--limit", type=int, default=5, show_default=True)
+@click.option("--threshold", type=float)
+@json_option
+@click.pass_context
+def search(
+    ctx: click.Context,
+    query: str,
+    user_id: str | None,
+    agent_id: str | None,
+    run_id: str | None,
+    filters: tuple[str, ...],
+    limit: int,
+    threshold: float | None,
+    as_json: bool,
+) -> None:
+    """Query memories through the projections: TEXT (embedded) or a JSON vector."""
+    parsed: Any = query
+    if query.lstrip().startswith("["):
+        parsed = _json_arg(query, "query")
+    metadata = {}
+    for item in filters:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise CliError(f"--filter: expected KEY=VALUE, got {item!r}")
+        try:
+            metadata[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            metadata[key] = raw
+    with library_errors():
+        out = facade(ctx).search(
+            parsed,
+            user_id=user_id,
+            agent_id=agent_id,
+            run_id=run_id,
+            filters=metadata,
+            limit=limit,
+            threshold=threshold,
+        )
+    if as_json:
+        emit(out)
+        return
+    for hit in out["results"]:
+        click.echo(f"{hit['score']:.3f}  {hit['id']}  {hit['memory']}")
+    if not out["results"]:
+        click.echo("no matches")
+    for fact in out["relations"]:
+        click.echo(f"       {fact['source']} -{fact['relationship']}-> {fact['destination']}")
 
 
 # ---------------------------------------------------------------- projections

