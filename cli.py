@@ -44,7 +44,7 @@ from memsync.events import (
 from memsync.facade import Memory
 from memsync.history import describe_changes, memory_history
 from memsync.log import LogQuery
-from memsync.system import MemSync
+from memsync.system import MemSync, ProgressFactory
 
 EXIT_DRIFT = 1
 EXIT_INPUT = 2
@@ -579,7 +579,7 @@ def search(
 # ---------------------------------------------------------------- projections
 
 
-def _progress_factory(enabled: bool) -> tuple[Callable[[str], Callable[[int], None]] | None, Callable[[], None]]:
+def _progress_factory(enabled: bool) -> tuple[ProgressFactory | None, Callable[[], None]]:
     """A rich progress bar (rate, ETA) on a terminal; nothing otherwise."""
     if not enabled or not sys.stderr.isatty():
         return None, lambda: None
@@ -600,8 +600,9 @@ def _progress_factory(enabled: bool) -> tuple[Callable[[str], Callable[[int], No
 
         def advance(n: int) -> None:
             progress.advance(task, n)
-            speed = progress.tasks[task].speed
-            progress.update(task, rate=f"{speed:,.0f} ev/s" if speed else "")
+            state = progress.tasks[task]
+            speed = state.completed / state.elapsed if state.elapsed else 0.0
+            progress.update(task, rate=f"{speed:,.0f} ev/s")
 
         return advance
 

@@ -24,6 +24,7 @@ from memsync.stores import Projection, open_store
 from memsync.verify import Drift, verify_store
 
 KINDS = ("vector", "graph")
+ProgressFactory = Callable[[str, int], Progress]  # (projection, total events) -> advance(n)
 
 
 def open_log(config: MemsyncConfig) -> EventLog:
@@ -112,13 +113,17 @@ class MemSync:
     # ------------------------------------------------------------ work
 
     def project(
-        self, kinds: Sequence[str] | None = None, *, progress: Callable[[str], Progress] | None = None
+        self, kinds: Sequence[str] | None = None, *, progress: ProgressFactory | None = None
     ) -> dict[str, Any]:
         """Bring each projection to the head, independently: one failing does not stop the others."""
         result: dict[str, Any] = {}
         for kind in kinds or self.kinds:
             try:
-                applied = self.runner(kind).catch_up(progress=progress(kind) if progress else None)
+                runner = self.runner(kind)
+                bar = None
+                if progress is not None:
+                    bar = progress(kind, max(0, self.log.head().seq - runner.store.checkpoint()))
+                applied = runner.catch_up(progress=bar)
                 result[kind] = {"applied": applied, "checkpoint": self.store(kind).checkpoint()}
             except MemsyncError as e:
                 result[kind] = {"error": str(e)}
@@ -195,19 +200,20 @@ class MemSync:
         to_seq: int | None = None,
         as_of: datetime | None = None,
         in_place: bool = False,
-        progress: Callable[[str], Progress] | None = None,
+        progress: ProgressFactory | None = None,
     ) -> dict[str, int]:
         if as_of is not None:
             to_seq = self.log.seq_at(as_of)
+        target = to_seq if to_seq is not None else self.log.head().seq
         out = {}
         for kind in kinds or self.kinds:
             out[kind] = rebuild(
                 self.log,
                 self.store(kind),
-                to_seq=to_seq,
+                to_seq=target,
                 in_place=in_place,
                 config=self.config.projector,
-                progress=progress(kind) if progress else None,
+                progress=progress(kind, target) if progress else None,
             )
         return out
 
