@@ -252,7 +252,9 @@ class ProjectionRunner:
         retrying = Retrying(
             retry=retry_if_exception_type(StoreError if rejected else StoreUnavailable),
             stop=stop,
-            wait=wait_exponential_jitter(multiplier=cfg.backoff_initial, max=cfg.backoff_max, jitter=cfg.backoff_initial),
+            wait=wait_exponential_jitter(
+                multiplier=cfg.backoff_initial, max=cfg.backoff_max, jitter=cfg.backoff_initial
+            ),
             before_sleep=self._before_sleep,
             reraise=True,
         )

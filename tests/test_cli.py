@@ -28,17 +28,31 @@ def jsonl(events: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(e) + "\n" for e in events)
 
 
-ADD_A = {"type": "memory.added", "memory_id": "a", "text": "Alice likes tea", "user_id": "alice",
-         "vector": [1.0, 0.0, 0.0], "relations": [{"source": "Alice", "relation": "likes", "target": "tea"}]}
-ADD_B = {"type": "memory.added", "memory_id": "b", "text": "Bob likes coffee", "user_id": "bob",
-         "vector": [0.0, 1.0, 0.0]}
+ADD_A = {
+    "type": "memory.added",
+    "memory_id": "a",
+    "text": "Alice likes tea",
+    "user_id": "alice",
+    "vector": [1.0, 0.0, 0.0],
+    "relations": [{"source": "Alice", "relation": "likes", "target": "tea"}],
+}
+ADD_B = {
+    "type": "memory.added",
+    "memory_id": "b",
+    "text": "Bob likes coffee",
+    "user_id": "bob",
+    "vector": [0.0, 1.0, 0.0],
+}
 
 
 def test_append_is_atomic_and_errors_name_the_line(tmp_path: Path) -> None:
     result = run(tmp_path, "append", "--json", input=jsonl([ADD_A, ADD_B]))
     assert result.exit_code == 0 and json.loads(result.output)["seqs"] == [1, 2]
-    bad = jsonl([{**ADD_B, "memory_id": "c"}]) + "\n" + jsonl([{"type": "memory.updated", "memory_id": "zz",
-                                                                "text": "x"}])
+    bad = (
+        jsonl([{**ADD_B, "memory_id": "c"}])
+        + "\n"
+        + jsonl([{"type": "memory.updated", "memory_id": "zz", "text": "x"}])
+    )
     result = run(tmp_path, "append", input=bad)
     assert result.exit_code == 2 and "line 3" in result.output and "zz" in result.output
     result = run(tmp_path, "append", input='{"type": "memory.added", "memory_id": 5}\n')
@@ -85,8 +99,24 @@ def test_verify_exits_1_on_drift_and_repair_fixes_it(tmp_path: Path) -> None:
 
 
 def test_add_update_delete_history_log_search(tmp_path: Path) -> None:
-    out = run(tmp_path, "add", "Alice likes green tea", "--id", "m1", "--user", "alice", "--entity", "Alice:person",
-              "--relation", "Alice,likes,green tea", "--metadata", '{"src": "cli"}', "--actor", "me", "--json")
+    out = run(
+        tmp_path,
+        "add",
+        "Alice likes green tea",
+        "--id",
+        "m1",
+        "--user",
+        "alice",
+        "--entity",
+        "Alice:person",
+        "--relation",
+        "Alice,likes,green tea",
+        "--metadata",
+        '{"src": "cli"}',
+        "--actor",
+        "me",
+        "--json",
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["id"] == "m1"
     assert run(tmp_path, "update", "m1", "--text", "Alice likes coffee", "--reason", "changed mind").exit_code == 0
@@ -159,8 +189,9 @@ def test_config_file_and_env_errors_name_the_key(tmp_path: Path) -> None:
     bad.write_text("[projector]\nbatch_size = -1\n")
     result = CliRunner().invoke(main, ["--config", str(bad), "status"], env=ENV)
     assert result.exit_code == 2 and "projector.batch_size" in result.output
-    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "status"],
-                                env={**ENV, "MEMSYNC_VECTOR__BACKEND": "nope"})
+    result = CliRunner().invoke(
+        main, ["--data-dir", str(tmp_path), "status"], env={**ENV, "MEMSYNC_VECTOR__BACKEND": "nope"}
+    )
     assert result.exit_code == 0 and "vector.backend" in result.output  # status still reports the log
 
 
@@ -169,12 +200,14 @@ def test_progress_bar_on_a_terminal_and_quiet_otherwise(tmp_path: Path) -> None:
     run(tmp_path, "append", input=jsonl(events))
     memsync = str(Path(sys.executable).with_name("memsync"))
     env = {**os.environ, **ENV, "COLUMNS": "120"}
-    plain = subprocess.run([memsync, "--data-dir", str(tmp_path), "rebuild", "vector"], env=env,
-                           capture_output=True, text=True, check=True)
+    plain = subprocess.run(
+        [memsync, "--data-dir", str(tmp_path), "rebuild", "vector"], env=env, capture_output=True, text=True, check=True
+    )
     assert "ev/s" not in plain.stderr + plain.stdout
     parent, child = pty.openpty()
-    proc = subprocess.Popen([memsync, "--data-dir", str(tmp_path), "rebuild", "vector"], env=env,
-                            stdin=child, stdout=child, stderr=child)
+    proc = subprocess.Popen(
+        [memsync, "--data-dir", str(tmp_path), "rebuild", "vector"], env=env, stdin=child, stdout=child, stderr=child
+    )
     os.close(child)
     output = b""
     while True:

@@ -39,12 +39,21 @@ def make_memory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Call
 @pytest.mark.parametrize("pair", ALL_PAIRS)
 def test_every_verb_with_mem0_shapes(make_memory: Callable[..., Memory], pair: str) -> None:
     m = make_memory(pair)
-    added = m.add("Alice drinks green tea every morning", user_id="alice", metadata={"source": "chat"},
-                  relations=[("Alice", "drinks", "green tea")], actor="agent", reason="chat")
+    added = m.add(
+        "Alice drinks green tea every morning",
+        user_id="alice",
+        metadata={"source": "chat"},
+        relations=[("Alice", "drinks", "green tea")],
+        actor="agent",
+        reason="chat",
+    )
     assert added["results"][0]["event"] == "ADD" and added["results"][0]["memory"].startswith("Alice")
     tea = added["results"][0]["id"]
-    m.add("Alice works at Acme", user_id="alice", relations=[{"source": "Alice", "relation": "works at",
-                                                              "target": "Acme"}])
+    m.add(
+        "Alice works at Acme",
+        user_id="alice",
+        relations=[{"source": "Alice", "relation": "works at", "target": "Acme"}],
+    )
     m.add("Bob likes green tea too", user_id="bob", relations=[("Bob", "likes", "green tea")])
 
     got = m.get(tea)
@@ -93,8 +102,14 @@ def test_every_verb_with_mem0_shapes(make_memory: Callable[..., Memory], pair: s
 
 def test_messages_become_one_memory_each(make_memory: Callable[..., Memory]) -> None:
     m = make_memory("memory")
-    out = m.add([{"role": "system", "content": "be nice"}, {"role": "user", "content": "I like hiking"},
-                 {"role": "assistant", "content": "Noted: hiking"}], user_id="u")
+    out = m.add(
+        [
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": "I like hiking"},
+            {"role": "assistant", "content": "Noted: hiking"},
+        ],
+        user_id="u",
+    )
     assert [r["memory"] for r in out["results"]] == ["I like hiking", "Noted: hiking"]
     assert m.get(out["results"][0]["id"])["metadata"]["role"] == "user"  # type: ignore[index]
     with pytest.raises(InputError):
@@ -148,7 +163,7 @@ def test_many_threads_share_one_memory(make_memory: Callable[..., Memory]) -> No
                 out = m.add(f"thread {t} note {i}", user_id=f"user{t % 3}")
                 if i % 5 == 0:
                     m.update(out["results"][0]["id"], f"thread {t} note {i} (edited)")
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]

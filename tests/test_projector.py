@@ -9,15 +9,14 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from memsync.errors import StoreError, StoreUnavailable
-from memsync.events import MemoriesDeleted, MemoriesReset, MemoryAdded, MemoryDeleted, MemoryUpdated, Relation
-from memsync.events import utcnow
+from memsync.events import MemoriesDeleted, MemoriesReset, MemoryAdded, MemoryDeleted, MemoryUpdated, Relation, utcnow
 from memsync.fold import fold
 from memsync.hooks import Hooks
 from memsync.projector import ProjectionRunner, plan_batch
 from memsync.stores import Delete, DeleteScope, Op, Projection, Reset, Upsert
 from memsync.system import MemSync
 from memsync.verify import verify_store
-from tests.fixtures_system import ALL_PAIRS, REAL_PAIRS
+from tests.fixtures_system import ALL_PAIRS
 from tests.streams import random_stream
 
 MakeSystem = Callable[..., MemSync]
@@ -40,13 +39,16 @@ def assert_in_sync(system: MemSync) -> None:
 
 def test_plan_batch_coalesces_each_memory_to_its_net_effect(make_system: MakeSystem) -> None:
     system = make_system("memory")
-    append_all(system, [
-        MemoryAdded(memory_id="a", text="one", user_id="u"),
-        MemoryUpdated(memory_id="a", text="two"),
-        MemoryAdded(memory_id="b", text="b", user_id="u"),
-        MemoryUpdated(memory_id="a", text="three"),
-        MemoryDeleted(memory_id="b"),
-    ])
+    append_all(
+        system,
+        [
+            MemoryAdded(memory_id="a", text="one", user_id="u"),
+            MemoryUpdated(memory_id="a", text="two"),
+            MemoryAdded(memory_id="b", text="b", user_id="u"),
+            MemoryUpdated(memory_id="a", text="three"),
+            MemoryDeleted(memory_id="b"),
+        ],
+    )
     ops = plan_batch(system.log, list(system.log.read()))
     assert [type(op).__name__ for op in ops] == ["Upsert", "Delete"]
     upsert = ops[0]
@@ -56,17 +58,25 @@ def test_plan_batch_coalesces_each_memory_to_its_net_effect(make_system: MakeSys
 
 def test_plan_batch_splits_at_bulk_events_and_loads_prior_state(make_system: MakeSystem) -> None:
     system = make_system("memory")
-    append_all(system, [
-        MemoryAdded(memory_id="a", text="one", user_id="u", relations=[Relation(source="A", relation="r", target="B")]),
-        MemoryAdded(memory_id="b", text="b", user_id="v"),
-    ])
-    append_all(system, [
-        MemoryUpdated(memory_id="a", text="two"),  # prior state comes from the log
-        MemoriesDeleted(user_id="u"),
-        MemoryAdded(memory_id="a", text="again", user_id="u"),
-        MemoriesReset(),
-        MemoryAdded(memory_id="c", text="c", user_id="u"),
-    ])
+    append_all(
+        system,
+        [
+            MemoryAdded(
+                memory_id="a", text="one", user_id="u", relations=[Relation(source="A", relation="r", target="B")]
+            ),
+            MemoryAdded(memory_id="b", text="b", user_id="v"),
+        ],
+    )
+    append_all(
+        system,
+        [
+            MemoryUpdated(memory_id="a", text="two"),  # prior state comes from the log
+            MemoriesDeleted(user_id="u"),
+            MemoryAdded(memory_id="a", text="again", user_id="u"),
+            MemoriesReset(),
+            MemoryAdded(memory_id="c", text="c", user_id="u"),
+        ],
+    )
     ops = plan_batch(system.log, list(system.log.read(after=2)))
     assert [type(op) for op in ops] == [Upsert, DeleteScope, Upsert, Reset, Upsert]
     first = ops[0]
@@ -141,11 +151,15 @@ def test_poison_event_is_parked_and_retried_once_fixed(make_system: MakeSystem, 
     hooks.on("parked", lambda projection, seq, error: parked.append(seq))
     flaky = Flaky(system.store("vector"), poison="bad")
     runner = ProjectionRunner(system.log, flaky, system.config.projector, hooks)
-    append_all(system, [
-        MemoryAdded(memory_id="ok1", text="fine", user_id="u", vector=[1, 0]),
-        MemoryAdded(memory_id="bad", text="poison", user_id="u", vector=[0, 1]),
-        MemoryAdded(memory_id="ok2", text="fine", user_id="u", vector=[1, 1]),
-    ], chunk=3)
+    append_all(
+        system,
+        [
+            MemoryAdded(memory_id="ok1", text="fine", user_id="u", vector=[1, 0]),
+            MemoryAdded(memory_id="bad", text="poison", user_id="u", vector=[0, 1]),
+            MemoryAdded(memory_id="ok2", text="fine", user_id="u", vector=[1, 1]),
+        ],
+        chunk=3,
+    )
     runner.catch_up()
     assert parked == [2]
     assert flaky.checkpoint() == 3  # the stream went on past the poison event
@@ -233,25 +247,38 @@ def test_rebuild_fresh_in_place_to_seq_and_as_of(make_system: MakeSystem, pair: 
 @pytest.mark.parametrize("pair", ALL_PAIRS)
 def test_verify_detects_each_kind_of_drift_and_repair_fixes_it(make_system: MakeSystem, pair: str) -> None:
     system = make_system(pair)
-    append_all(system, [
-        MemoryAdded(memory_id="keep", text="keep me", user_id="u", vector=[1, 0, 0],
-                    relations=[Relation(source="Ann", relation="knows", target="Bo")]),
-        MemoryAdded(memory_id="lose", text="lose me", user_id="u", vector=[0, 1, 0]),
-        MemoryAdded(memory_id="edit", text="original", user_id="u", vector=[0, 0, 1]),
-    ])
+    append_all(
+        system,
+        [
+            MemoryAdded(
+                memory_id="keep",
+                text="keep me",
+                user_id="u",
+                vector=[1, 0, 0],
+                relations=[Relation(source="Ann", relation="knows", target="Bo")],
+            ),
+            MemoryAdded(memory_id="lose", text="lose me", user_id="u", vector=[0, 1, 0]),
+            MemoryAdded(memory_id="edit", text="original", user_id="u", vector=[0, 0, 1]),
+        ],
+    )
     system.project()
     assert_in_sync(system)
     state = fold(system.log.read())
     vector, graph = system.store("vector"), system.store("graph")
     checkpoint = vector.checkpoint()
-    ghost = state.memories["keep"].__class__(**{
-        **{f: getattr(state.memories["keep"], f) for f in state.memories["keep"].__struct_fields__},
-        "memory_id": "ghost", "text": "never added",
-    })
-    stale = state.memories["edit"].__class__(**{
-        **{f: getattr(state.memories["edit"], f) for f in state.memories["edit"].__struct_fields__},
-        "text": "edited behind memsync's back",
-    })
+    ghost = state.memories["keep"].__class__(
+        **{
+            **{f: getattr(state.memories["keep"], f) for f in state.memories["keep"].__struct_fields__},
+            "memory_id": "ghost",
+            "text": "never added",
+        }
+    )
+    stale = state.memories["edit"].__class__(
+        **{
+            **{f: getattr(state.memories["edit"], f) for f in state.memories["edit"].__struct_fields__},
+            "text": "edited behind memsync's back",
+        }
+    )
     for store in (vector, graph):  # drift made behind memsync's back, checkpoint untouched
         store.apply([Delete("lose"), Upsert(ghost), Upsert(stale)], checkpoint)
     report = system.verify()
