@@ -140,6 +140,7 @@ class ProjectionRunner:
         self.name = name or store.kind
         self.applied = 0
         self.parked_count = 0
+        self.checkpoint_seen: int | None = None  # last checkpoint read or written by this runner
 
     # ------------------------------------------------------------ public
 
@@ -151,6 +152,7 @@ class ProjectionRunner:
         """
         done = 0
         checkpoint = self._call(self.store.checkpoint, patient=patient)
+        self.checkpoint_seen = checkpoint
         target = until if until is not None else self.log.head().seq
         while checkpoint < target:
             limit = min(self.config.batch_size, target - checkpoint)
@@ -158,7 +160,7 @@ class ProjectionRunner:
             if not records:
                 break
             self._apply_batch(records, patient=patient)
-            checkpoint = records[-1].seq
+            checkpoint = self.checkpoint_seen = records[-1].seq
             done += len(records)
             if progress is not None:
                 progress(len(records))

@@ -233,6 +233,9 @@ class MemSync:
                 entry["store"] = store.describe()
             except MemsyncError as e:
                 entry.update(reachable=False, error=str(e))
+                runner = self._runners.get(kind)
+                if runner is not None and runner.checkpoint_seen is not None:  # last known, from this process
+                    entry.update(checkpoint=runner.checkpoint_seen, lag=head.seq - runner.checkpoint_seen)
             if kind == "vector":
                 entry["skipped_without_vector"] = stats.live_memories - stats.with_vector
             projections[kind] = entry
