@@ -89,6 +89,16 @@ class MemsyncConfig(_Section):
     def graph_enabled(self) -> bool:
         return not self.single_store_mode and self.graph.backend != "none"
 
+    def secrets(self) -> list[str]:
+        """Every secret value in this config (for redaction; never print them)."""
+        out = [s.get_secret_value() for s in (self.vector.api_key, self.graph.password) if s is not None]
+        for url in (self.log_url, self.graph.uri, self.vector.url):
+            if url and "://" in url and "@" in url:
+                credentials = url.split("://", 1)[1].rsplit("@", 1)[0]
+                if ":" in credentials:
+                    out.append(credentials.split(":", 1)[1])
+        return out
+
     def vector_path(self) -> Path:
         return self.vector.path or self.data_dir / "qdrant"
 

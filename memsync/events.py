@@ -16,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import uuid
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final, Literal, TypeAlias
+from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import msgspec
 
@@ -118,6 +119,7 @@ EVENT_TYPES: Final[tuple[str, ...]] = (
     "memories.reset",
 )
 UPDATABLE_FIELDS: Final = ("text", "vector", "metadata", "entities", "relations")
+_EVENT_CLASSES: Final = frozenset(get_args(Event))
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -242,13 +244,30 @@ def check_event(event: Event) -> Event:
     Returns the event as the decoder would have produced it (ints in a vector
     become floats), so a recorded payload always decodes again.
     """
+    if type(event) not in _EVENT_CLASSES:
+        raise InputError(f"not an event: {type(event).__name__} (known types: {', '.join(EVENT_TYPES)})", field="type")
+    data = msgspec.structs.asdict(event)
+    vector = data.get("vector")
+    if vector is not None and not (type(vector) is list and all(type(x) is float for x in vector)):
+        data["vector"] = _float_list(vector)
+    for key in ("metadata", "entities", "relations"):  # nested values are checked as plain data
+        if data.get(key) is not None:
+            try:
+                data[key] = msgspec.to_builtins(data[key])
+            except (TypeError, ValueError) as e:
+                raise InputError(f"`{key}` cannot be stored as JSON: {e}", field=key) from None
     try:
-        data = msgspec.to_builtins(event)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"the event cannot be encoded: {e}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"an event must be one of the event types, got {type(event).__name__}", field="type")
-    return event_from_dict(data)
+        checked: Event = msgspec.convert(data, type(event))
+    except msgspec.ValidationError as e:
+        raise InputError(_describe(e), field=_field_of(e)) from None
+    return validate(checked)
+
+
+def _float_list(vector: Any) -> Any:
+    """Real numbers of any kind (int, numpy.float32, ...) as floats; anything else is left for the type check."""
+    if isinstance(vector, str | bytes | Mapping) or not isinstance(vector, Iterable):
+        return vector
+    return [float(x) if isinstance(x, numbers.Real) and not isinstance(x, bool) else x for x in vector]
 
 
 def event_from_dict(data: Mapping[str, Any], *, line: int | None = None) -> Event:

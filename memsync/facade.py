@@ -28,7 +28,7 @@ from typing import Any
 
 from memsync.config import MemsyncConfig, load_config
 from memsync.embeddings import Embedder, make_embedder
-from memsync.errors import InputError, MemsyncError
+from memsync.errors import CommandRefused, InputError, MemsyncError
 from memsync.events import (
     SCOPE_FIELDS,
     Entity,
@@ -355,7 +355,11 @@ class Memory:
 
     def _write(self, events: list[Event]) -> list[RecordedEvent]:
         self.hooks.emit("before_append", events=events)
-        records = self.system.log.append(events)
+        try:
+            records = self.system.log.append(events)
+        except (CommandRefused, InputError) as e:
+            self.hooks.emit("append_refused", events=events, error=e)
+            raise
         self.hooks.emit("after_append", records=records)
         mode = self.config.facade.consistency
         if mode == "inline":

@@ -2,7 +2,8 @@
 
 Hook names and the keyword arguments they receive:
 
-* ``before_append(events)`` and ``after_append(records)`` — facade writes;
+* ``before_append(events)``, ``after_append(records)`` and
+  ``append_refused(events, error)`` — facade writes;
 * ``before_batch(projection, first_seq, last_seq, ops)`` and
   ``after_batch(projection, first_seq, last_seq, ops, seconds)`` — a projection batch;
 * ``retry(projection, attempt, error, delay)`` — a failed batch will be tried again;
@@ -20,7 +21,15 @@ from typing import Any, Final
 
 logger = logging.getLogger("memsync.hooks")
 
-HOOK_NAMES: Final = ("before_append", "after_append", "before_batch", "after_batch", "retry", "parked")
+HOOK_NAMES: Final = (
+    "before_append",
+    "after_append",
+    "append_refused",
+    "before_batch",
+    "after_batch",
+    "retry",
+    "parked",
+)
 
 Hook = Callable[..., Any]
 

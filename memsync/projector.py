@@ -179,7 +179,12 @@ class ProjectionRunner:
             try:
                 self.catch_up(patient=False)
             except StoreUnavailable as e:
-                logger.warning("%s store unavailable, will retry: %s", self.name, e)
+                logger.warning(
+                    "%s store unavailable, will retry: %s",
+                    self.name,
+                    e,
+                    extra={"projection": self.name, "error_class": type(e).__name__},
+                )
                 stop.wait(min(self.config.backoff_max, 1.0))
                 continue
             if on_idle is not None:
@@ -210,6 +215,14 @@ class ProjectionRunner:
         started = time.perf_counter()
         self._call(lambda: self.store.apply(ops, last), patient=patient, rejected=True)
         self.applied += len(records)
+        logger.debug(
+            "%s: applied seq %d..%d (%d ops)",
+            self.name,
+            first,
+            last,
+            len(ops),
+            extra={"projection": self.name, "first_seq": first, "last_seq": last},
+        )
         self.hooks.emit(
             "after_batch",
             projection=self.name,
@@ -225,7 +238,18 @@ class ProjectionRunner:
         self.log.park(self.name, record.seq, message, self.config.max_attempts)
         self._call(lambda: self.store.apply([], record.seq), patient=patient)
         self.parked_count += 1
-        logger.error("%s: parked seq %d (%s)", self.name, record.seq, message)
+        logger.error(
+            "%s: parked seq %d (%s)",
+            self.name,
+            record.seq,
+            message,
+            extra={
+                "projection": self.name,
+                "seq": record.seq,
+                "memory_id": record.memory_id,
+                "error_class": type(error).__name__ if error is not None else None,
+            },
+        )
         self.hooks.emit("parked", projection=self.name, seq=record.seq, error=message)
 
     def _call(self, fn: Callable[[], Any], *, patient: bool, rejected: bool = False) -> Any:
@@ -273,6 +297,19 @@ class ProjectionRunner:
     def _before_sleep(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
         delay = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.warning(
+            "%s: store call failed (%s), retry %d in %.3fs",
+            self.name,
+            error,
+            state.attempt_number,
+            delay,
+            extra={
+                "projection": self.name,
+                "attempt": state.attempt_number,
+                "delay": round(delay, 4),
+                "error_class": type(error).__name__,
+            },
+        )
         self.hooks.emit("retry", projection=self.name, attempt=state.attempt_number, error=error, delay=delay)
 
     def _safe_checkpoint(self) -> int | None:

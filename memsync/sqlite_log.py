@@ -224,7 +224,7 @@ class SQLiteEventLog(EventLog):
         self.url = f"sqlite:///{self.path}"
         self.synchronous = synchronous
         self.fixed_dimension = fixed_dimension
-        self._local = threading.local()
+        self._idle: list[sqlite3.Connection] = []  # reader connections not in use
         self._leader = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Call] = []
@@ -260,20 +260,20 @@ class SQLiteEventLog(EventLog):
         self._connections.append(db)
         return db
 
-    def _reader(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            if self._closed:
-                raise LogError("the event log is closed")
-            db = self._connect()
-            self._local.db = db
-        return db
-
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        # Reader connections are pooled, not per thread: short-lived threads must not leak them.
+        if self._closed:
+            raise LogError("the event log is closed")
         try:
-            return self._reader().execute(sql, params).fetchall()
+            db = self._idle.pop()
+        except IndexError:
+            db = self._connect()
+        try:
+            return db.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as e:
             raise LogError(f"reading the SQLite log {self.path} failed: {e}") from e
+        finally:
+            self._idle.append(db)
 
     # ------------------------------------------------------------ append
 

@@ -8,14 +8,18 @@ that cannot be opened only affects its own projection.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from memsync.config import MemsyncConfig
-from memsync.errors import ConfigError, MemsyncError, WaitTimeout
+from memsync.errors import ConfigError, MemsyncError, StoreLocked, WaitTimeout
+from memsync.events import format_time, utcnow
 from memsync.hooks import Hooks
 from memsync.leader import FileLeadership, Leadership
 from memsync.log import EventLog
@@ -42,6 +46,56 @@ def open_log(config: MemsyncConfig) -> EventLog:
         log: EventLog = PostgresEventLog(url, fixed_dimension=config.vector.dimension)
         return log
     raise ConfigError(f"log_url: unsupported scheme in {redact_url(url)!r}")
+
+
+HEARTBEAT_FILE = "projector-status.json"
+
+
+class Heartbeat:
+    """A follower's progress, written (throttled, atomically) beside the embedded stores.
+
+    Only for display: ``status`` reads it when the store itself is locked by the
+    follower. The checkpoint in the store stays the truth.
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, data_dir: Path, kind: str, every: float = 0.2) -> None:
+        self.path = Path(data_dir) / HEARTBEAT_FILE
+        self.kind = kind
+        self.every = every
+        self._last = 0.0
+        self._pending: int | None = None
+
+    def on_batch(self, projection: str, last_seq: int, **_: Any) -> None:
+        now = time.monotonic()
+        if projection != self.kind or now - self._last < self.every:
+            self._pending = last_seq if projection == self.kind else self._pending
+            return
+        self._last = now
+        self.write(last_seq)
+
+    def flush(self) -> None:
+        """Write a checkpoint the throttle held back (called when the follower is idle)."""
+        if self._pending is not None:
+            self.write(self._pending)
+
+    def write(self, last_seq: int) -> None:
+        self._pending = None
+        with self._lock:
+            data = read_heartbeat(self.path.parent)
+            data[self.kind] = {"checkpoint": last_seq, "pid": os.getpid(), "at": format_time(utcnow())}
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)
+
+
+def read_heartbeat(data_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(data_dir) / HEARTBEAT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def redact_url(url: str) -> str:
@@ -97,6 +151,11 @@ class MemSync:
                 self._stores[kind] = open_store(kind, backend, self.config)
             return self._stores[kind]
 
+    @property
+    def runners(self) -> dict[str, ProjectionRunner]:
+        """The runners made so far, by projection (a live view)."""
+        return self._runners
+
     def runner(self, kind: str) -> ProjectionRunner:
         with self._lock:
             if kind not in self._runners:
@@ -112,9 +171,7 @@ class MemSync:
 
     # ------------------------------------------------------------ work
 
-    def project(
-        self, kinds: Sequence[str] | None = None, *, progress: ProgressFactory | None = None
-    ) -> dict[str, Any]:
+    def project(self, kinds: Sequence[str] | None = None, *, progress: ProgressFactory | None = None) -> dict[str, Any]:
         """Bring each projection to the head, independently: one failing does not stop the others."""
         result: dict[str, Any] = {}
         for kind in kinds or self.kinds:
@@ -173,11 +230,15 @@ class MemSync:
                     continue
                 standing_by = False
                 on_state(kind, "active")
+                beat = Heartbeat(self.config.data_dir, kind)
+                self.hooks.on("after_batch", beat.on_batch)
                 try:
-                    self.runner(kind).follow(stop, keep_going=lead.still_held)
+                    self.runner(kind).follow(stop, keep_going=lead.still_held, on_idle=beat.flush)
                 except MemsyncError as e:  # e.g. the store cannot be opened yet: retry later
                     on_state(kind, f"error: {e}")
                     stop.wait(standby_poll)
+                finally:
+                    self.hooks.off("after_batch", beat.on_batch)
         finally:
             lead.release()
 
@@ -231,6 +292,16 @@ class MemSync:
                 checkpoint = store.checkpoint()
                 entry.update(checkpoint=checkpoint, lag=head.seq - checkpoint, reachable=store.ping())
                 entry["store"] = store.describe()
+            except StoreLocked as e:  # a follower owns the embedded store: read what it last reported
+                beat = read_heartbeat(self.config.data_dir).get(kind)
+                entry.update(reachable=beat is not None, error=str(e))
+                if beat is not None:
+                    entry.update(
+                        checkpoint=beat["checkpoint"],
+                        lag=head.seq - beat["checkpoint"],
+                        reported_by=beat["pid"],
+                        reported_at=beat["at"],
+                    )
             except MemsyncError as e:
                 entry.update(reachable=False, error=str(e))
                 runner = self._runners.get(kind)
