@@ -44,6 +44,7 @@ from memsync.events import (
 from memsync.facade import Memory
 from memsync.history import describe_changes, memory_history
 from memsync.log import LogQuery
+from memsync.logs import configure_logging
 from memsync.system import MemSync, ProgressFactory
 
 EXIT_DRIFT = 1
@@ -89,8 +90,17 @@ def app(ctx: click.Context) -> MemSync:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="TOML config file")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="embedded data directory")
 @click.option("--log-url", help="sqlite:///path or postgresql://...")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", help="diagnostics on stderr")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning")
 @click.pass_context
-def main(ctx: click.Context, config_file: Path | None, data_dir: Path | None, log_url: str | None) -> None:
+def main(
+    ctx: click.Context,
+    config_file: Path | None,
+    data_dir: Path | None,
+    log_url: str | None,
+    log_format: str,
+    log_level: str,
+) -> None:
     """memsync: one event log, two stores that never drift apart."""
     with library_errors():
         config = load_config(
@@ -98,6 +108,7 @@ def main(ctx: click.Context, config_file: Path | None, data_dir: Path | None, lo
             env=os.environ,
             overrides={"data_dir": str(data_dir) if data_dir else None, "log_url": log_url},
         )
+    configure_logging(log_format, log_level, secrets=config.secrets())
     ctx.obj = MemSync(config)
     ctx.call_on_close(ctx.obj.close)
 
@@ -477,10 +488,16 @@ def export(ctx: click.Context, target: Any) -> None:
 
 @main.command("import")
 @click.argument("source", type=click.File("rb"))
+@click.option("--format", "fmt", type=click.Choice(["memsync", "mem0"]), default="memsync", show_default=True,
+              help="memsync: an exported log; mem0: a mem0 1.x export (get_all output or a list of memories)")
 @json_option
 @click.pass_context
-def import_cmd(ctx: click.Context, source: Any, as_json: bool) -> None:
-    """Import an exported log (into an empty log, or one it continues); all or none."""
+def import_cmd(ctx: click.Context, source: Any, fmt: str, as_json: bool) -> None:
+    """Import an exported log (into an empty log, or one it continues), or a mem0 export; all or none."""
+    if fmt == "mem0":
+        _import_mem0(ctx, source, as_json)
+        return
+
 
     def records() -> Iterator[tuple[Event, dict[str, Any]]]:
         for number, raw in enumerate(source, start=1):
@@ -502,11 +519,37 @@ def import_cmd(ctx: click.Context, source: Any, as_json: bool) -> None:
         click.echo(f"imported {count} events; head seq {head.seq} hash {head.hash}")
 
 
+def _import_mem0(ctx: click.Context, source: Any, as_json: bool) -> None:
+    raw = source.read()
+    try:
+        data: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        try:  # JSON Lines of memories
+            data = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise CliError(f"not JSON or JSON Lines: {e}") from None
+    with library_errors():
+        out = facade(ctx).import_mem0(data)
+    if as_json:
+        emit(out)
+    else:
+        seqs = [r["seq"] for r in out["results"]]
+        click.echo(f"imported {len(seqs)} mem0 memories" + (f": seq {seqs[0]}..{seqs[-1]}" if seqs else ""))
+
+
 @main.command()
+@click.option("--watch", is_flag=True, help="redraw a live view until Ctrl-C")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="seconds between redraws")
 @json_option
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, watch: bool, interval: float, as_json: bool) -> None:
     """Head seq and hash; per projection: checkpoint, lag, parked events, reachable."""
+    if watch:
+        from memsync.watch import watch_status
+
+        with library_errors():
+            watch_status(app(ctx), interval=interval, plain=as_json or not sys.stdout.isatty())
+        return
     with library_errors():
         data = app(ctx).status()
     if as_json:
@@ -612,15 +655,20 @@ def _progress_factory(enabled: bool) -> tuple[ProgressFactory | None, Callable[[
 @main.command()
 @click.argument("which", type=click.Choice(["vector", "graph", "all"]), default="all")
 @click.option("--follow", is_flag=True, help="keep applying new events until interrupted")
+@click.option("--metrics-port", type=int, help="with --follow: serve Prometheus metrics on this port")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="address for --metrics-port")
 @json_option
 @click.pass_context
-def project(ctx: click.Context, which: str, follow: bool, as_json: bool) -> None:
+def project(ctx: click.Context, which: str, follow: bool, metrics_port: int | None, metrics_host: str,
+            as_json: bool) -> None:
     """Bring projections up to the head (or keep following it)."""
     system = app(ctx)
+    if metrics_port is not None and not follow:
+        raise CliError("--metrics-port needs --follow")
     with library_errors():
         kinds = system.select(which)
         if follow:
-            _follow(system, kinds)
+            _follow(system, kinds, metrics_port, metrics_host)
             return
         factory, stop = _progress_factory(not as_json)
         try:
@@ -639,10 +687,21 @@ def project(ctx: click.Context, which: str, follow: bool, as_json: bool) -> None
         ctx.exit(EXIT_RUNTIME)
 
 
-def _follow(system: MemSync, kinds: list[str]) -> None:
+def _follow(system: MemSync, kinds: list[str], metrics_port: int | None, metrics_host: str) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if metrics_port is not None:
+        from memsync.metrics import Metrics
+
+        metrics = Metrics()
+        metrics.attach(system.hooks)
+        metrics.watch(system.log, system.runners)
+        try:
+            metrics.serve(metrics_port, metrics_host)
+        except OSError as e:
+            raise CliError(f"--metrics-port {metrics_port}: cannot listen on {metrics_host}: {e}") from e
+        click.echo(f"metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
     click.echo(f"following {', '.join(kinds)} (Ctrl-C to stop)", err=True)
 
     def on_state(kind: str, state: str) -> None:

@@ -22,6 +22,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,13 @@ from memsync.events import (
     Relation,
     format_time,
     normalize_name,
+    parse_time,
     validate,
 )
 from memsync.fold import MemoryState, State, fold
 from memsync.history import memory_history
 from memsync.hooks import Hooks
+from memsync.locks import LOCK_WAIT
 from memsync.log import LogQuery
 from memsync.stores import GraphStore, VectorStore
 from memsync.system import MemSync
@@ -191,6 +194,7 @@ class Memory:
                             entities=ents,
                             relations=rels,
                             actor=item.get("actor"),
+                            occurred_at=_occurred(item.get("occurred_at")),
                             reason=item.get("reason"),
                         )
                     )
@@ -201,6 +205,38 @@ class Memory:
                 raise InputError(f"item {index}: {e}", index=index) from None
         records = self._write(events)
         return {"results": [{"id": r.memory_id, "event": "ADD", "seq": r.seq} for r in records]}
+
+    def import_mem0(self, data: Any, *, actor: str | None = "mem0-import") -> dict[str, Any]:
+        """Import a mem0 1.x export (``{"results": [...]}``, a list, or items) in one atomic append.
+
+        Each item's ``id``, ``memory``, ``user_id``/``agent_id``/``run_id``, ``metadata`` and
+        ``created_at`` are kept (mem0's ``hash`` goes into metadata as ``mem0_hash``);
+        vectors are computed by this Memory's embedder, as mem0 exports carry none.
+        """
+        items = data.get("results", data.get("memories")) if isinstance(data, Mapping) else data
+        if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+            raise InputError("a mem0 export is {'results': [...]} or a list of memories", field="results")
+        converted = []
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping) or not isinstance(item.get("memory"), str):
+                raise InputError(f"item {index}: a mem0 memory needs a string `memory`", field="memory", index=index)
+            metadata = dict(item.get("metadata") or {})
+            if item.get("hash"):
+                metadata["mem0_hash"] = item["hash"]
+            converted.append(
+                {
+                    "memory_id": str(item["id"]) if item.get("id") is not None else None,
+                    "text": item["memory"],
+                    "user_id": item.get("user_id"),
+                    "agent_id": item.get("agent_id"),
+                    "run_id": item.get("run_id"),
+                    "metadata": metadata or None,
+                    "occurred_at": item.get("created_at"),
+                    "actor": actor,
+                    "reason": "imported from mem0",
+                }
+            )
+        return self.add_many(converted)
 
     def update(
         self,
@@ -369,6 +405,13 @@ class Memory:
         return records
 
     def _project_inline(self) -> None:
+        token = LOCK_WAIT.set(0.0)  # a store another process follows is its job, not this write's
+        try:
+            self._project_all()
+        finally:
+            LOCK_WAIT.reset(token)
+
+    def _project_all(self) -> None:
         for kind in self.system.kinds:
             with self._project_locks[kind]:
                 try:
@@ -436,6 +479,7 @@ class Memory:
 
 
 _ADD_MANY_KEYS = {
+    "occurred_at",
     "text",
     "user_id",
     "agent_id",
@@ -518,6 +562,14 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = str(value) if isinstance(value, Path) else value
     return out
+
+
+def _occurred(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise InputError("`occurred_at` must be an RFC 3339 time", field="occurred_at")
+    return parse_time(value, field="occurred_at")
 
 
 def _texts(value: str | Sequence[Mapping[str, Any]]) -> list[tuple[str, str | None]]:

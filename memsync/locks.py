@@ -12,9 +12,14 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
+import time
+from contextvars import ContextVar
 from pathlib import Path
 
 from memsync.errors import StoreLocked
+
+LOCK_WAIT: ContextVar[float] = ContextVar("memsync_lock_wait", default=5.0)
+"""How long opening an embedded store waits for a brief holder (e.g. a ``status`` reading)."""
 
 
 class DirLock:
@@ -23,18 +28,25 @@ class DirLock:
         self.what = what
         self._fd: int | None = None
 
-    def acquire(self) -> DirLock:
+    def acquire(self, timeout: float | None = None) -> DirLock:
+        """Take the lock, waiting up to ``timeout`` (default: :data:`LOCK_WAIT`) for a brief holder."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise StoreLocked(
-                f"the {self.what} at {self.path.with_suffix('')} is in use by {holder}; "
-                "embedded stores belong to one process at a time (stop it, or use server stores)"
-            ) from None
+        deadline = time.monotonic() + (LOCK_WAIT.get() if timeout is None else timeout)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise StoreLocked(
+                    f"the {self.what} at {self.path.with_suffix('')} is in use by {holder}; "
+                    "embedded stores belong to one process at a time (stop it, or use server stores)"
+                ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})\n".encode(), 0)
         self._fd = fd

@@ -22,6 +22,7 @@ from memsync.errors import ConfigError, MemsyncError, StoreLocked, WaitTimeout
 from memsync.events import format_time, utcnow
 from memsync.hooks import Hooks
 from memsync.leader import FileLeadership, Leadership
+from memsync.locks import LOCK_WAIT
 from memsync.log import EventLog
 from memsync.projector import Progress, ProjectionRunner, rebuild
 from memsync.stores import Projection, open_store
@@ -282,6 +283,13 @@ class MemSync:
         return {kind: verify_store(self.log, self.store(kind), repair=repair) for kind in kinds or self.kinds}
 
     def status(self) -> dict[str, Any]:
+        token = LOCK_WAIT.set(0.0)  # a store a follower holds is reported from its heartbeat, not waited for
+        try:
+            return self._status()
+        finally:
+            LOCK_WAIT.reset(token)
+
+    def _status(self) -> dict[str, Any]:
         head = self.log.head()
         stats = self.log.stats()
         projections: dict[str, Any] = {}
@@ -315,6 +323,15 @@ class MemSync:
             "live_memories": stats.live_memories,
             "projections": projections,
         }
+
+    def close_stores(self) -> None:
+        """Close the stores (and their runners), releasing embedded stores for other processes."""
+        with self._lock:
+            for store in self._stores.values():
+                with contextlib.suppress(MemsyncError):
+                    store.close()
+            self._stores.clear()
+            self._runners.clear()
 
     def close(self) -> None:
         with self._lock:
