@@ -17,7 +17,7 @@ JVM, so later starts run no Maven and no javac at all.
 
 Usage::
 
-    from tests.neo4j_server import Neo4jServer   # or `from neo4j_server import ...`
+    from tests.neo4j_server import Neo4jServer
 
     with Neo4jServer() as server:                  # start() ... close()
         driver = neo4j.GraphDatabase.driver(server.uri, auth=None)
@@ -56,10 +56,11 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
-__all__ = ["Neo4jServer", "build", "Artifacts", "NEO4J_SERIES"]
+__all__ = ["NEO4J_SERIES", "Artifacts", "Neo4jServer", "build"]
 
 NEO4J_SERIES = "5.26"
 
@@ -84,12 +85,18 @@ BASE_JVM_OPTS: tuple[str, ...] = (
     "-Dio.netty.tryReflectionSetAccessible=true",
     "-Dlog4j2.disable.jmx=true",
     "-Dfile.encoding=UTF-8",
-    "--add-opens", "java.base/java.nio=ALL-UNNAMED",
-    "--add-opens", "java.base/java.io=ALL-UNNAMED",
-    "--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED",
-    "--add-opens", "java.base/java.lang=ALL-UNNAMED",
-    "--add-opens", "java.base/java.util=ALL-UNNAMED",
-    "--add-opens", "java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.nio=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.io=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.util=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.util.concurrent=ALL-UNNAMED",
 )
 # CDS diagnostics ("Skipping ... Signed JAR", path mismatch after ~/.m2 changes) are
 # noise: a missing/stale archive only costs speed, never correctness.
@@ -130,9 +137,7 @@ def _java_home() -> Path:
         found = shutil.which(tool)
         if found:
             return Path(os.path.realpath(found)).parent.parent
-    raise RuntimeError(
-        "Neo4j test server: no Java found (set JAVA_HOME or put a JDK 17+ on PATH)"
-    )
+    raise RuntimeError("Neo4j test server: no Java found (set JAVA_HOME or put a JDK 17+ on PATH)")
 
 
 def _jvm_identity(java_home: Path) -> str:
@@ -161,7 +166,8 @@ def _cds_enabled() -> bool:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -207,15 +213,16 @@ def _listening_addresses(pid: int) -> list[tuple[str, int]]:
 class Artifacts:
     """What a start needs: java, classpath, optional CDS archive (all cached)."""
 
-    def __init__(self, cache_dir: Path, java: Path, classpath: str, cds_archive: Optional[Path], meta: dict):
+    def __init__(self, cache_dir: Path, java: Path, classpath: str, cds_archive: Path | None, meta: dict[str, Any]):
         self.cache_dir = cache_dir
         self.java = java
         self.classpath = classpath
         self.cds_archive = cds_archive
         self.meta = meta
 
-    def jvm_command(self, launcher_args: Sequence[str], extra_jvm_opts: Sequence[str] = (),
-                    use_cds: bool = True) -> list[str]:
+    def jvm_command(
+        self, launcher_args: Sequence[str], extra_jvm_opts: Sequence[str] = (), use_cds: bool = True
+    ) -> list[str]:
         cmd = [str(self.java), *BASE_JVM_OPTS, _QUIET_CDS]
         if use_cds and self.cds_archive is not None and self.cds_archive.exists():
             cmd.append(f"-XX:SharedArchiveFile={self.cds_archive}")
@@ -246,7 +253,7 @@ def _cache_key(java_home: Path) -> str:
     return h.hexdigest()[:20]
 
 
-def _load_cached(cache_dir: Path, java: Path) -> Optional[Artifacts]:
+def _load_cached(cache_dir: Path, java: Path) -> Artifacts | None:
     meta_path = cache_dir / "build.json"
     try:
         meta = json.loads(meta_path.read_text())
@@ -255,47 +262,100 @@ def _load_cached(cache_dir: Path, java: Path) -> Optional[Artifacts]:
             return None
     except (OSError, ValueError):
         return None
-    entries = classpath.split(os.pathsep)
-    # ~/.m2 may have been wiped since: every entry must still exist.
-    if not entries or not all(os.path.exists(e) for e in entries):
+    # ~/.m2 may have been wiped or re-downloaded since: every jar must still exist,
+    # unchanged (the CDS archive is only valid for the exact same jars).
+    if meta.get("classpath_fingerprint") != _classpath_fingerprint(classpath):
         return None
+    with contextlib.suppress(OSError):
+        os.utime(meta_path)  # "last used", for _prune_stale()
     cds = cache_dir / "neo4j.jsa"
     return Artifacts(cache_dir, java, classpath, cds if cds.exists() and _cds_enabled() else None, meta)
 
 
-def _run_logged(cmd: Sequence[str], log: Path, timeout: float, cwd: Optional[Path] = None) -> None:
+def _prune_stale(root: Path, keep: Path, max_age_days: float = 14.0) -> None:
+    """Delete other cache entries (old pom/launcher/JVM versions) unused for a while."""
+    cutoff = time.time() - max_age_days * 86400
+    for d in root.iterdir():
+        if d == keep or not d.is_dir():
+            continue
+        if d.name.startswith("."):  # build dir left by a killed build
+            with contextlib.suppress(OSError):
+                if d.stat().st_mtime < time.time() - 86400:
+                    shutil.rmtree(d, ignore_errors=True)
+            continue
+        marker = d / "build.json"
+        try:
+            last = marker.stat().st_mtime if marker.exists() else d.stat().st_mtime
+        except OSError:
+            continue
+        if last < cutoff:
+            shutil.rmtree(d, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (root / f"{d.name}.lock").unlink()
+
+
+def _classpath_fingerprint(classpath: str) -> str | None:
+    h = hashlib.sha256()
+    for entry in classpath.split(os.pathsep):
+        try:
+            st = os.stat(entry)
+        except OSError:
+            return None
+        h.update(f"{entry}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _run_logged(cmd: Sequence[str], log: Path, timeout: float, cwd: Path | None = None) -> None:
     with open(log, "ab") as out:
         out.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n".encode())
         out.flush()
         try:
-            proc = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=timeout)
+            proc = subprocess.run(
+                cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout
+            )
         except subprocess.TimeoutExpired:
-            raise RuntimeError(f"Neo4j test server build: timed out after {timeout:.0f}s: {cmd[0]} ...\n"
-                               f"--- {log} ---\n{_tail(log)}") from None
+            raise RuntimeError(
+                f"Neo4j test server build: timed out after {timeout:.0f}s: {cmd[0]} ...\n--- {log} ---\n{_tail(log)}"
+            ) from None
         except FileNotFoundError as e:
             raise RuntimeError(f"Neo4j test server build: {e}") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"Neo4j test server build failed (exit {proc.returncode}): "
-                           f"{' '.join(cmd[:3])} ...\n--- {log} ---\n{_tail(log)}")
+        raise RuntimeError(
+            f"Neo4j test server build failed (exit {proc.returncode}): "
+            f"{' '.join(cmd[:3])} ...\n--- {log} ---\n{_tail(log)}"
+        )
 
 
 def _mvn() -> str:
     mvn = os.environ.get("MEMSYNC_MVN") or shutil.which("mvn")
     if not mvn:
-        raise RuntimeError("Neo4j test server build: Maven (`mvn`) not found on PATH "
-                           "(needed once, to resolve org.neo4j:neo4j from Maven Central)")
+        raise RuntimeError(
+            "Neo4j test server build: Maven (`mvn`) not found on PATH "
+            "(needed once, to resolve org.neo4j:neo4j from Maven Central)"
+        )
     return mvn
 
 
-def _build_into(work: Path, java_home: Path, log: Path) -> dict:
+def _build_into(work: Path, java_home: Path, log: Path) -> dict[str, Any]:
     """Resolve the classpath and compile the launcher into ``work`` (a fresh dir)."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     cp_file = work / "maven-classpath.txt"
-    _run_logged([_mvn(), "-B", "-q", "-f", str(POM), "dependency:build-classpath",
-                 "-Dmdep.includeScope=runtime", f"-Dmdep.outputFile={cp_file}"],
-                log, MAVEN_TIMEOUT_S, cwd=TOOL_DIR)
+    _run_logged(
+        [
+            _mvn(),
+            "-B",
+            "-q",
+            "-f",
+            str(POM),
+            "dependency:build-classpath",
+            "-Dmdep.includeScope=runtime",
+            f"-Dmdep.outputFile={cp_file}",
+        ],
+        log,
+        MAVEN_TIMEOUT_S,
+        cwd=TOOL_DIR,
+    )
     maven_cp = cp_file.read_text().strip()
     if "neo4j-kernel" not in maven_cp:
         raise RuntimeError(f"Neo4j test server build: unexpected classpath from Maven:\n{maven_cp[:500]}")
@@ -312,8 +372,22 @@ def _build_into(work: Path, java_home: Path, log: Path) -> dict:
     classes.mkdir()
     argfile = work / "javac.args"  # keeps the ~20 KB classpath out of logs and `ps`
     argfile.write_text(f"-cp\n{_argfile_quote(maven_cp)}\n")
-    _run_logged([str(javac), "--release", "17", "-nowarn", "-encoding", "UTF-8",
-                 f"@{argfile}", "-d", str(classes), str(LAUNCHER_SRC)], log, 300)
+    _run_logged(
+        [
+            str(javac),
+            "--release",
+            "17",
+            "-nowarn",
+            "-encoding",
+            "UTF-8",
+            f"@{argfile}",
+            "-d",
+            str(classes),
+            str(LAUNCHER_SRC),
+        ],
+        log,
+        300,
+    )
     argfile.unlink()
     # A jar, not a directory: AppCDS only archives classes loaded from jars.
     jar = work / "launcher.jar"
@@ -326,33 +400,37 @@ def _build_into(work: Path, java_home: Path, log: Path) -> dict:
     return {"maven_classpath": maven_cp, "timings": timings}
 
 
-def _train_cds(artifacts: Artifacts, log: Path) -> Optional[Path]:
+def _train_cds(artifacts: Artifacts, log: Path) -> Path | None:
     """One start/query/stop cycle with -XX:ArchiveClassesAtExit; returns the archive or None."""
     target = artifacts.cache_dir / "neo4j.jsa"
     tmp_jsa = artifacts.cache_dir / f"neo4j.jsa.tmp-{os.getpid()}"
     data = Path(tempfile.mkdtemp(prefix="memsync-neo4j-cds-"))
     try:
-        srv = Neo4jServer(data_dir=data, _artifacts=artifacts,
-                          extra_jvm_opts=[f"-XX:ArchiveClassesAtExit={tmp_jsa}"], _use_cds=False)
+        srv = Neo4jServer(
+            data_dir=data, _artifacts=artifacts, extra_jvm_opts=[f"-XX:ArchiveClassesAtExit={tmp_jsa}"], _use_cds=False
+        )
         srv.start(timeout=DEFAULT_START_TIMEOUT_S)
         try:
-            with contextlib.suppress(Exception):
-                # Exercise Bolt + Cypher (parser, planner, runtime, schema commands) so
-                # their classes land in the archive too.
-                with srv.driver() as drv:
-                    drv.execute_query("RETURN 1 AS x")
-                    drv.execute_query("CREATE CONSTRAINT cds_c IF NOT EXISTS FOR (n:CdsT) REQUIRE n.id IS UNIQUE")
-                    drv.execute_query("CREATE INDEX cds_i IF NOT EXISTS FOR (n:CdsT) ON (n.v)")
-                    drv.execute_query("UNWIND range(1, 50) AS i MERGE (a:CdsT {id: i}) SET a.v = i "
-                                      "MERGE (b:CdsT {id: i + 1}) MERGE (a)-[r:NEXT]->(b) SET r.w = i")
-                    drv.execute_query("MATCH p=(a:CdsT)-[:NEXT*1..3]->(b) WHERE a.v > $v RETURN count(p)", v=3)
-                    srv.clear()
+            # Exercise Bolt + Cypher (parser, planner, runtime, schema commands) so
+            # their classes land in the archive too.
+            with contextlib.suppress(Exception), srv.driver() as drv:
+                drv.execute_query("RETURN 1 AS x")
+                drv.execute_query("CREATE CONSTRAINT cds_c IF NOT EXISTS FOR (n:CdsT) REQUIRE n.id IS UNIQUE")
+                drv.execute_query("CREATE INDEX cds_i IF NOT EXISTS FOR (n:CdsT) ON (n.v)")
+                drv.execute_query(
+                    "UNWIND range(1, 50) AS i MERGE (a:CdsT {id: i}) SET a.v = i "
+                    "MERGE (b:CdsT {id: i + 1}) MERGE (a)-[r:NEXT]->(b) SET r.w = i"
+                )
+                drv.execute_query("MATCH p=(a:CdsT)-[:NEXT*1..3]->(b) WHERE a.v > $v RETURN count(p)", v=3)
+                srv.clear()
         finally:
             t_stop = time.monotonic()
             srv.stop(timeout=120)  # the archive is written while the JVM exits
             with open(log, "a") as f:
-                f.write(f"CDS training: start {srv.last_start_seconds or 0:.1f}s, "
-                        f"stop+dump {time.monotonic() - t_stop:.1f}s\n")
+                f.write(
+                    f"CDS training: start {srv.last_start_seconds or 0:.1f}s, "
+                    f"stop+dump {time.monotonic() - t_stop:.1f}s\n"
+                )
         if tmp_jsa.exists() and tmp_jsa.stat().st_size > 0:
             os.replace(tmp_jsa, target)
             return target
@@ -390,8 +468,10 @@ def build(force: bool = False, verbose: bool = True) -> Artifacts:
                 return art
         t0 = time.monotonic()
         if verbose:
-            _log(f"building Neo4j {NEO4J_SERIES} test server into {cache_dir} "
-                 "(first time only: Maven resolves ~150 MB of jars) ...")
+            _log(
+                f"building Neo4j {NEO4J_SERIES} test server into {cache_dir} "
+                "(first time only: Maven resolves ~150 MB of jars) ..."
+            )
         work = Path(tempfile.mkdtemp(prefix=f".{key}.build-", dir=root))
         log = work / "build.log"
         try:
@@ -413,6 +493,7 @@ def build(force: bool = False, verbose: bool = True) -> Artifacts:
             "neo4j_series": NEO4J_SERIES,
             "java_home": str(java_home),
             "timings": info["timings"],
+            "classpath_fingerprint": _classpath_fingerprint(classpath),
         }
         art = Artifacts(cache_dir, java, classpath, None, meta)
         if _cds_enabled():
@@ -425,6 +506,8 @@ def build(force: bool = False, verbose: bool = True) -> Artifacts:
         (cache_dir / "build.json").write_text(json.dumps(meta, indent=2) + "\n")
         if verbose:
             _log(f"built in {meta['timings']['total_s']}s {meta['timings']}")
+        with contextlib.suppress(OSError):
+            _prune_stale(root, keep=cache_dir)
         return art
 
 
@@ -441,13 +524,13 @@ class Neo4jServer:
 
     def __init__(
         self,
-        port: Optional[int] = None,
-        data_dir: Optional[os.PathLike | str] = None,
+        port: int | None = None,
+        data_dir: os.PathLike[str] | str | None = None,
         *,
         pagecache: str = "64m",
         extra_jvm_opts: Sequence[str] = (),
         start_timeout: float = DEFAULT_START_TIMEOUT_S,
-        _artifacts: Optional[Artifacts] = None,
+        _artifacts: Artifacts | None = None,
         _use_cds: bool = True,
     ) -> None:
         self._port = port
@@ -459,11 +542,11 @@ class Neo4jServer:
         self.start_timeout = start_timeout
         self._artifacts = _artifacts
         self._use_cds = _use_cds
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self._driver: Any = None
-        self.last_start_seconds: Optional[float] = None
-        self.last_stop_seconds: Optional[float] = None
+        self.last_start_seconds: float | None = None
+        self.last_stop_seconds: float | None = None
 
     # -- properties ---------------------------------------------------------------
 
@@ -491,7 +574,7 @@ class Neo4jServer:
         return self.data_dir / "logs" / "debug.log"
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
     def is_running(self) -> bool:
@@ -499,10 +582,11 @@ class Neo4jServer:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    def start(self, timeout: Optional[float] = None) -> "Neo4jServer":
+    def start(self, timeout: float | None = None) -> Neo4jServer:
         """Build/cache if needed, launch the JVM, wait for READY and an open Bolt port."""
         if self.is_running():
             return self
+        self._reap()  # a JVM that died on its own
         timeout = self.start_timeout if timeout is None else timeout
         if self._artifacts is None:
             self._artifacts = build()
@@ -516,8 +600,10 @@ class Neo4jServer:
                 return self
             except _PortInUse:
                 if attempt == attempts:
-                    raise RuntimeError(f"Neo4jServer: port {self._port} already in use\n"
-                                       f"--- {self.log_path} ---\n{_tail(self.log_path, self._log_offset)}") from None
+                    raise RuntimeError(
+                        f"Neo4jServer: port {self._port} already in use\n"
+                        f"--- {self.log_path} ---\n{_tail(self.log_path, self._log_offset)}"
+                    ) from None
                 _log(f"port {self._port} was taken meanwhile; retrying on another port")
                 self._port = None
         raise AssertionError("unreachable")
@@ -526,9 +612,17 @@ class Neo4jServer:
         assert self._artifacts is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = self._artifacts.jvm_command(
-            ["--port", str(self.port), "--data-dir", str(self.data_dir),
-             "--pagecache", self.pagecache, "--watch-stdin"],
-            self.extra_jvm_opts, use_cds=self._use_cds,
+            [
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                "--pagecache",
+                self.pagecache,
+                "--watch-stdin",
+            ],
+            self.extra_jvm_opts,
+            use_cds=self._use_cds,
         )
         t0 = time.monotonic()
         with open(self.log_path, "ab") as out:
@@ -538,8 +632,14 @@ class Neo4jServer:
             # stdin stays an open pipe: the launcher exits when it hits EOF, i.e. when
             # this Python process dies without stopping it. Own session: a Ctrl-C in the
             # terminal goes to pytest (which then stops us cleanly), not to the JVM.
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                                          cwd=str(self.data_dir), start_new_session=True)
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=str(self.data_dir),
+                start_new_session=True,
+            )
         deadline = t0 + timeout
         ready = False
         while True:
@@ -550,19 +650,21 @@ class Neo4jServer:
                 break
             rc = self._proc.poll()
             if rc is not None or "\nFAILED " in "\n" + text:
-                self._reap()
+                self._reap(grace=15.0)
                 if "Address already in use" in text or "BindException" in text:
                     raise _PortInUse()
                 raise RuntimeError(
                     f"Neo4jServer failed to start (exit code {rc}) on {self.uri}\n"
                     f"--- {self.log_path} (tail) ---\n{_tail(self.log_path, self._log_offset)}\n"
-                    f"--- {self.debug_log_path} (tail) ---\n{_tail(self.debug_log_path, max_lines=25)}")
+                    f"--- {self.debug_log_path} (tail) ---\n{_tail(self.debug_log_path, max_lines=25)}"
+                )
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(
                     f"Neo4jServer did not become ready within {timeout:.0f}s on {self.uri}\n"
                     f"--- {self.log_path} (tail) ---\n{_tail(self.log_path, self._log_offset)}\n"
-                    f"--- {self.debug_log_path} (tail) ---\n{_tail(self.debug_log_path, max_lines=25)}")
+                    f"--- {self.debug_log_path} (tail) ---\n{_tail(self.debug_log_path, max_lines=25)}"
+                )
             time.sleep(0.05)
         self.last_start_seconds = time.monotonic() - t0
 
@@ -606,7 +708,7 @@ class Neo4jServer:
             proc.wait(30)
         self._reap()
 
-    def restart(self, timeout: Optional[float] = None) -> "Neo4jServer":
+    def restart(self, timeout: float | None = None) -> Neo4jServer:
         """stop() + start() on the same port and data dir."""
         self.stop()
         return self.start(timeout)
@@ -617,18 +719,23 @@ class Neo4jServer:
         if self._owns_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def _reap(self) -> None:
+    def _reap(self, grace: float = 5.0) -> None:
+        """Forget the process; it must be gone (SIGKILL if not within ``grace`` s)."""
         proc = self._proc
         if proc is None:
             return
         if proc.stdin is not None:
             with contextlib.suppress(OSError):
-                proc.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
+                proc.stdin.close()  # EOF: the launcher shuts itself down
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(30)
         self._proc = None
 
-    def __enter__(self) -> "Neo4jServer":
+    def __enter__(self) -> Neo4jServer:
         try:
             return self.start()
         except BaseException:
@@ -649,13 +756,13 @@ class Neo4jServer:
 
     # -- client helpers -------------------------------------------------------------
 
-    def driver(self, **kwargs: Any):
+    def driver(self, **kwargs: Any) -> Any:
         """A new ``neo4j`` driver for this server (caller closes it)."""
         from neo4j import GraphDatabase  # lazy: keep module import stdlib-only
 
         return GraphDatabase.driver(self.uri, auth=None, **kwargs)
 
-    def _shared_driver(self):
+    def _shared_driver(self) -> Any:
         if self._driver is None:
             self._driver = self.driver()
         return self._driver
@@ -677,8 +784,12 @@ class Neo4jServer:
             s.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
             for rec in list(s.run("SHOW CONSTRAINTS YIELD name")):
                 s.run(f"DROP CONSTRAINT {_quote_name(rec['name'])} IF EXISTS").consume()
-            for rec in list(s.run("SHOW INDEXES YIELD name, type, owningConstraint "
-                                  "WHERE owningConstraint IS NULL AND type <> 'LOOKUP' RETURN name")):
+            for rec in list(
+                s.run(
+                    "SHOW INDEXES YIELD name, type, owningConstraint "
+                    "WHERE owningConstraint IS NULL AND type <> 'LOOKUP' RETURN name"
+                )
+            ):
                 s.run(f"DROP INDEX {_quote_name(rec['name'])} IF EXISTS").consume()
 
     def listening_addresses(self) -> list[tuple[str, int]]:
@@ -706,7 +817,7 @@ def running_server(**kwargs: Any) -> Iterator[Neo4jServer]:
 # --------------------------------------------------------------------------- CLI
 
 
-def _main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -724,8 +835,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     srv = Neo4jServer(port=args.port, data_dir=args.data_dir)
     with srv:
-        print(f"{srv.uri} ready in {srv.last_start_seconds:.1f}s (data: {srv.data_dir}); Ctrl-C to stop",
-              flush=True)
+        print(f"{srv.uri} ready in {srv.last_start_seconds:.1f}s (data: {srv.data_dir}); Ctrl-C to stop", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while srv.is_running():
                 time.sleep(0.5)

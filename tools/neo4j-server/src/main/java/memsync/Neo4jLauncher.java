@@ -34,7 +34,8 @@ import org.neo4j.io.ByteUnit;
  * cleanly (checkpoint + store flush) and prints {@code STOPPED}. With
  * {@code --watch-stdin}, the launcher also shuts down when its stdin reaches EOF, so
  * the JVM never outlives a parent (test runner) that died without stopping it.
- * Exit codes: 0 normal, 2 bad arguments, 3 startup failure.
+ * Exit codes: 0 stdin EOF, 143 after SIGTERM (JVM convention), 2 bad arguments,
+ * 3 startup failure.
  */
 public final class Neo4jLauncher {
     private static final String LOOPBACK = "127.0.0.1";
@@ -64,6 +65,25 @@ public final class Neo4jLauncher {
         }
 
         final long startNanos = System.nanoTime();
+        if (watchStdin) {
+            // Started first, so a parent that dies during startup is noticed too.
+            Thread watcher = new Thread(() -> {
+                try {
+                    InputStream in = System.in;
+                    byte[] buf = new byte[256];
+                    while (in.read(buf) >= 0) {
+                        // Ignore input; only EOF matters.
+                    }
+                } catch (IOException ignored) {
+                    // Treat a broken stdin like EOF.
+                }
+                System.out.println("STDIN-EOF parent went away, shutting down");
+                System.out.flush();
+                System.exit(0); // runs the shutdown hook, if the DBMS is up
+            }, "neo4j-launcher-stdin-watch");
+            watcher.setDaemon(true);
+            watcher.start();
+        }
         final DatabaseManagementService dbms;
         final GraphDatabaseService db;
         try {
@@ -132,25 +152,6 @@ public final class Neo4jLauncher {
         System.out.println("READY bolt://" + LOOPBACK + ":" + port + " neo4j=" + neo4jVersion()
                 + " startup_ms=" + ms + " pid=" + ProcessHandle.current().pid());
         System.out.flush();
-
-        if (watchStdin) {
-            Thread watcher = new Thread(() -> {
-                try {
-                    InputStream in = System.in;
-                    byte[] buf = new byte[256];
-                    while (in.read(buf) >= 0) {
-                        // Ignore input; only EOF matters.
-                    }
-                } catch (IOException ignored) {
-                    // Treat a broken stdin like EOF.
-                }
-                System.out.println("STDIN-EOF parent went away, shutting down");
-                System.out.flush();
-                System.exit(0); // runs the shutdown hook
-            }, "neo4j-launcher-stdin-watch");
-            watcher.setDaemon(true);
-            watcher.start();
-        }
 
         try {
             stopped.await();
