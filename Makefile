@@ -26,6 +26,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: lint
+	$(BIN)/python tests/neo4j_server.py build
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: setup
