@@ -57,3 +57,12 @@ def test_quickstart_code_blocks_run(tmp_path: Path, monkeypatch: Any) -> None:
     for value in namespace.values():
         if isinstance(value, memsync.Memory):
             value.close()
+
+
+def test_readme_example_runs(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = (DOCS.parent / "README.md").read_text()
+    block = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    namespace: dict[str, Any] = {}
+    exec(block, namespace)
+    namespace["m"].close()

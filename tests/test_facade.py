@@ -254,3 +254,45 @@ def test_from_config_accepts_toml_and_env(tmp_path: Path) -> None:
         assert m.search("x", user_id="u")["relations"] == []
     finally:
         m.close()
+
+
+def test_minilm_embeddings_are_semantic_and_recorded(tmp_path: Path) -> None:
+    from memsync import MiniLMEmbedder
+
+    m = Memory.from_config({"data_dir": str(tmp_path), "facade": {"embedder": "minilm"}})
+    try:
+        assert isinstance(m.embedder, MiniLMEmbedder)
+        m.add("Alice drinks green tea every morning", user_id="alice", memory_id="tea")
+        m.add("Alice works as an engineer at Acme", user_id="alice", memory_id="job")
+        m.add("The weather in Lisbon is sunny", user_id="alice", memory_id="weather")
+        # no word in common with the tea memory: only a semantic model finds it
+        assert m.search("which beverage does she like?", user_id="alice")["results"][0]["id"] == "tea"
+        assert m.search("what is her profession", user_id="alice")["results"][0]["id"] == "job"
+        metadata = m.get("tea")["metadata"]  # type: ignore[index]
+        assert metadata["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+        assert metadata["embedding_dim"] == 384
+        assert m.system.log.stats().dimension == 384
+    finally:
+        m.close()
+
+
+def test_single_store_mode_runs_only_the_vector_projection(make_memory: Callable[..., Memory]) -> None:
+    m = make_memory("embedded", overrides={"single_store_mode": True})
+    m.add("only vectors here", user_id="u", relations=[("a", "b", "c")])
+    m.add("no vector for this one", user_id="u", vector=None)
+    assert m.system.kinds == ["vector"]
+    status = m.system.status()
+    assert set(status["projections"]) == {"vector"}
+    assert status["projections"]["vector"]["lag"] == 0
+    assert m.search("only vectors", user_id="u")["relations"] == []
+    assert not (Path(m.config.data_dir) / "graph").exists()
+
+
+def test_memories_without_a_vector_are_skipped_and_counted(make_memory: Callable[..., Memory]) -> None:
+    m = make_memory("embedded", embedder=None)
+    m.add("no vector", user_id="u")
+    m.add("with vector", user_id="u", vector=[1.0, 0.0])
+    status = m.system.status()["projections"]
+    assert status["vector"]["skipped_without_vector"] == 1 and status["vector"]["lag"] == 0
+    assert m.system.store("vector").count() == 1  # type: ignore[attr-defined]
+    assert len(m.system.store("graph").snapshot().memories) == 2  # type: ignore[attr-defined]
