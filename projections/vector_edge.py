@@ -1,0 +1,464 @@
+"""The vector projection in Qdrant Edge: Qdrant's engine in-process (``qdrant-edge-py``).
+
+The store is a directory (``config.vector_path()``, by default ``<data-dir>/qdrant``)::
+
+    qdrant/                 the store
+      memsync.json          {"checkpoint": n, "dimension": d, "distance": "cosine"}, replaced atomically
+      shard/                the Edge shard, created once the dimension is known
+    qdrant.lock             DirLock: names the process that owns the store
+    qdrant.rebuild/         a fresh store a rebuild is filling (same layout)
+    qdrant.old/             the previous store, only for the instant of a swap
+
+The checkpoint lives in ``memsync.json`` beside the shard, so deleting the
+directory resets it to 0. ``apply`` writes the points, flushes the shard (the
+Edge WAL is not synced on every update), and only then replaces the file.
+
+A rebuild fills ``qdrant.rebuild/``, marks it complete, and swaps it in with two
+renames (``qdrant`` -> ``qdrant.old``, ``qdrant.rebuild`` -> ``qdrant``), as the
+LadybugDB graph store does. On open, a crash between the renames is finished
+(the rebuild was marked complete) or undone; a rebuild never marked complete is
+deleted and the old store stays. See docs/vector-store.md.
+
+Every engine error becomes a :class:`~memsync.errors.StoreError` in
+:meth:`EdgeVectorStore._errors` (I/O failures a :class:`StoreUnavailable`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeVectorParams,
+    FieldCondition,
+    Filter,
+    IsNullCondition,
+    MatchValue,
+    PayloadSchemaType,
+    Point,
+    Query,
+    QueryRequest,
+    RangeFloat,
+    ScrollRequest,
+    UpdateOperation,
+)
+
+from memsync.config import MemsyncConfig, VectorConfig
+from memsync.errors import MemsyncError, StoreError, StoreUnavailable
+from memsync.fold import MemoryState
+from memsync.locks import DirLock
+from memsync.stores import Op, Projection, VectorHit, VectorPoint, VectorStore, point_id, vector_payload
+from projections._vector_common import (
+    INDEXED_FIELDS,
+    PAGE,
+    Condition,
+    IsNull,
+    Match,
+    Put,
+    Remove,
+    RemoveScope,
+    Step,
+    batch_context,
+    check_dimensions,
+    plan,
+    same_vector,
+    search_conditions,
+    search_pages,
+    to_hits,
+    to_point,
+    vector_array,
+    with_vectors,
+    write_points,
+)
+
+META_FILE: Final = "memsync.json"
+SHARD_DIR: Final = "shard"
+EDGE_CONFIG: Final = "edge_config.json"  # the engine persists the shard's config there
+REBUILD: Final = "rebuild"
+OLD: Final = "old"
+COMPLETE: Final = "REBUILD-COMPLETE"  # in a rebuild: from here on, a crash finishes the swap
+BULK_BATCH: Final = 4096  # points per write in bulk_load
+
+_DISTANCE: Final = {"cosine": Distance.Cosine, "dot": Distance.Dot, "euclid": Distance.Euclid}
+
+
+class _Meta(msgspec.Struct, kw_only=True):
+    checkpoint: int = 0
+    dimension: int | None = None
+    distance: str | None = None
+
+
+class EdgeVectorStore(VectorStore):
+    """One Edge shard per store directory; owned by one process (see :func:`open_edge_store`)."""
+
+    def __init__(self, path: Path, config: VectorConfig, *, lock: DirLock | None = None) -> None:
+        self.path = path
+        self._config = config
+        self._lock = lock
+        self._mutex = threading.RLock()  # the shard is swapped and closed under it
+        self._shard: EdgeShard | None = None
+        self._meta = _Meta()
+        self._fresh: EdgeVectorStore | None = None  # the rebuild under way
+        self._closed = False
+        self._open()
+
+    # ------------------------------------------------------------ the port
+
+    def checkpoint(self) -> int:
+        with self._mutex:
+            return self._meta.checkpoint
+
+    def apply(self, ops: Sequence[Op], checkpoint: int) -> None:
+        steps = plan(ops)
+        with self._mutex, self._errors("apply"):
+            self._check_open()
+            wrote = [self._write(step) for step in steps]
+            if any(wrote):
+                self._flush()
+            self._save_meta(checkpoint=checkpoint)
+
+    def bulk_load(self, memories: Iterable[MemoryState], checkpoint: int) -> None:
+        with self._mutex, self._errors("bulk load"):
+            self._check_open()
+            for chunk in with_vectors(memories, BULK_BATCH):
+                self._put(chunk)
+            self._flush()
+            self._save_meta(checkpoint=checkpoint)
+
+    def search(
+        self,
+        vector: Sequence[float],
+        *,
+        scope: dict[str, str],
+        filters: dict[str, Any] | None = None,
+        limit: int = 10,
+        threshold: float | None = None,
+    ) -> list[VectorHit]:
+        # the bindings turn MatchValue(True) into 1, so booleans are checked on the hits
+        conditions, residual = search_conditions(scope, filters, bool_match=False)
+        where = Filter(must=[_condition(c) for c in conditions]) if conditions else None
+        query = Query.Nearest([float(x) for x in vector])
+
+        def page(offset: int, size: int) -> list[VectorHit]:
+            with self._mutex, self._errors("search"):
+                shard = self._check_open()
+                if shard is None:
+                    return []
+                request = QueryRequest(
+                    limit=size, offset=offset, query=query, filter=where, score_threshold=threshold, with_payload=True
+                )
+                found = shard.query(request)
+            return to_hits(found)
+
+        return search_pages(page, limit, residual)
+
+    def points(self) -> Iterator[VectorPoint]:
+        offset: Any = None
+        while True:
+            with self._mutex, self._errors("scroll"):
+                shard = self._check_open()
+                if shard is None:
+                    return
+                request = ScrollRequest(offset=offset, limit=PAGE, with_payload=True, with_vector=True)
+                records, offset = shard.scroll(request)
+            yield from map(to_point, records)
+            if offset is None:
+                return
+
+    def count(self) -> int:
+        with self._mutex, self._errors("count"):
+            shard = self._check_open()
+            return 0 if shard is None else shard.count(CountRequest(exact=True))
+
+    def ping(self) -> bool:
+        try:
+            return self.count() >= 0
+        except Exception:
+            return False
+
+    def wipe(self) -> None:
+        with self._mutex, self._errors("wipe"):
+            self._check_open()
+            self._close_shard()
+            shutil.rmtree(self.path, ignore_errors=True)
+            if self.path.exists():
+                raise StoreError(f"could not delete {self.path}")
+            self._meta = _Meta()
+
+    def begin_rebuild(self) -> EdgeVectorStore:
+        with self._mutex, self._errors("begin a rebuild"):
+            self._check_open()
+            if self._fresh is not None:
+                raise StoreError(f"{self.describe()}: a rebuild is already under way")
+            path = _sibling(self.path, REBUILD)
+            shutil.rmtree(path, ignore_errors=True)
+            self._fresh = EdgeVectorStore(path, self._config)
+            return self._fresh
+
+    def commit_rebuild(self, fresh: Projection) -> None:
+        fresh = self._rebuilt(fresh)
+        with self._mutex, self._errors("swap in the rebuilt store"):
+            self._check_open()
+            fresh._save_meta()  # an empty rebuild still leaves a directory to swap in
+            fresh.close()
+            _touch_durably(fresh.path / COMPLETE)
+            self._close_shard()
+            try:
+                _swap(self.path, fresh.path)
+            finally:
+                self._fresh = None
+                _recover(self.path)  # a rename that failed here is finished or undone like a crash
+                self._open()
+
+    def abort_rebuild(self, fresh: Projection) -> None:
+        fresh = self._rebuilt(fresh)
+        with self._mutex:
+            self._fresh = None
+            fresh.close()
+            shutil.rmtree(fresh.path, ignore_errors=True)
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                with self._errors("close"):
+                    self._close_shard()
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+
+    def describe(self) -> str:
+        return f"Qdrant Edge store at {self.path}"
+
+    def same_vector(self, stored: bytes, expected: bytes) -> bool:
+        """Whether ``stored`` (from :meth:`points`) is how this store keeps ``expected``."""
+        return same_vector(stored, expected, self.distance)
+
+    @property
+    def dimension(self) -> int | None:
+        if self._shard is not None:
+            return self._meta.dimension
+        return self._config.dimension
+
+    @property
+    def distance(self) -> str:
+        return self._meta.distance or self._config.distance
+
+    # ------------------------------------------------------------ writes
+
+    def _write(self, step: Step) -> bool:
+        """Apply one planned step; False when there was nothing to touch."""
+        if isinstance(step, Put):
+            self._put(list(step.memories.values()))
+            return True
+        if self._shard is None:
+            return False
+        if isinstance(step, Remove):
+            operation = UpdateOperation.delete_points(list(step.point_ids))
+        elif isinstance(step, RemoveScope):
+            operation = UpdateOperation.delete_points_by_filter(
+                Filter(must=[_condition(Match(k, v)) for k, v in step.scope.items()])
+            )
+        else:
+            operation = UpdateOperation.delete_points_by_filter(Filter())
+        self._shard.update(operation)
+        return True
+
+    def _put(self, memories: list[MemoryState]) -> None:
+        dimension = check_dimensions(memories, self.dimension)
+        assert dimension is not None
+        self._ensure_shard(dimension)
+        write_points(memories, self._upsert)
+
+    def _upsert(self, memories: list[MemoryState]) -> None:
+        with self._errors(batch_context(memories)):  # the bindings refuse some payloads already here
+            points = [_point(m) for m in memories]
+            assert self._shard is not None
+            self._shard.update(UpdateOperation.upsert_points(points))
+
+    def _ensure_shard(self, dimension: int) -> EdgeShard:
+        if self._shard is not None:
+            return self._shard
+        # record the dimension first: a shard never exists without it on record
+        self._save_meta(dimension=dimension, distance=self._config.distance)
+        params = EdgeVectorParams(size=dimension, distance=_DISTANCE[self._config.distance])
+        shard = EdgeShard.create(str(self.path / SHARD_DIR), EdgeConfig(vectors=params))
+        for field in INDEXED_FIELDS:
+            shard.update(UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword))
+        self._shard = shard
+        return shard
+
+    def _flush(self) -> None:
+        if self._shard is not None:
+            self._shard.flush()
+
+    def _save_meta(self, **changes: Any) -> None:
+        self._meta = msgspec.structs.replace(self._meta, **changes)
+        _write_atomic(self.path / META_FILE, msgspec.json.encode(self._meta))
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _open(self) -> None:
+        with self._errors("open"):
+            self._meta = _read_meta(self.path / META_FILE)
+            shard_dir = self.path / SHARD_DIR
+            if (shard_dir / EDGE_CONFIG).exists():
+                self._shard = EdgeShard.load(str(shard_dir))
+                if self._meta.dimension is None:  # memsync.json was lost: the shard's own config says
+                    self._meta = _meta_from_shard(shard_dir / EDGE_CONFIG, self._meta)
+            elif shard_dir.exists():  # a creation that never finished: it holds nothing
+                shutil.rmtree(shard_dir)
+
+    def _close_shard(self) -> None:
+        shard, self._shard = self._shard, None
+        if shard is not None:
+            try:
+                shard.flush()
+            finally:
+                shard.close()
+
+    def _check_open(self) -> EdgeShard | None:
+        if self._closed:
+            raise StoreError(f"{self.describe()} is closed")
+        return self._shard
+
+    def _rebuilt(self, fresh: Projection) -> EdgeVectorStore:
+        if fresh is not self._fresh or not isinstance(fresh, EdgeVectorStore):
+            raise StoreError(f"{self.describe()}: {fresh.describe()} is not the rebuild this store began")
+        return fresh
+
+    @contextmanager
+    def _errors(self, context: str) -> Iterator[None]:
+        """Translate engine and file-system errors, in this one place."""
+        try:
+            yield
+        except MemsyncError:
+            raise
+        except OSError as e:
+            raise StoreUnavailable(f"{self.describe()}: {context}: {e}") from e
+        except Exception as e:  # the bindings raise bare Exception with the engine's message
+            message = f"{self.describe()}: {context}: {e}"
+            if "(os error" in str(e):  # an I/O failure (disk full, ...), not the data's fault
+                raise StoreUnavailable(message) from e
+            raise StoreError(message) from e
+
+
+def open_edge_store(config: MemsyncConfig) -> EdgeVectorStore:
+    """The entry point ``vector.edge``: the store at ``config.vector_path()``, owned by this process."""
+    path = config.vector_path()
+    lock = DirLock(path, "Qdrant Edge store").acquire()
+    try:
+        _recover(path)
+        return EdgeVectorStore(path, config.vector, lock=lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _point(memory: MemoryState) -> Point:
+    assert memory.vector is not None
+    # a list converts about 3x faster than a numpy array in the bindings
+    return Point(
+        id=point_id(memory.memory_id), vector=vector_array(memory.vector).tolist(), payload=vector_payload(memory)
+    )
+
+
+def _condition(condition: Condition) -> FieldCondition | IsNullCondition:
+    if isinstance(condition, Match):
+        return FieldCondition(key=condition.key, match=MatchValue(condition.value))
+    if isinstance(condition, IsNull):
+        return IsNullCondition(condition.key)
+    return FieldCondition(key=condition.key, range=RangeFloat(gte=condition.value, lte=condition.value))
+
+
+def _read_meta(path: Path) -> _Meta:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return _Meta()
+    try:
+        return msgspec.json.decode(data, type=_Meta)
+    except msgspec.DecodeError as e:
+        raise StoreError(f"{path} is corrupt ({e}); delete the store directory to rebuild it from the log") from e
+
+
+def _meta_from_shard(edge_config: Path, meta: _Meta) -> _Meta:
+    try:
+        params = json.loads(edge_config.read_text())["vectors"][""]
+        return msgspec.structs.replace(meta, dimension=int(params["size"]), distance=str(params["distance"]).lower())
+    except (OSError, ValueError, KeyError, TypeError):
+        return meta  # unknown: the engine still refuses a wrong dimension
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` so that a crash leaves the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(f"{path.name}.{suffix}")
+
+
+def _rename(src: Path, dst: Path) -> None:
+    src.rename(dst)
+    _fsync_dir(dst.parent)
+
+
+def _touch_durably(path: Path) -> None:
+    path.touch()
+    _fsync_dir(path.parent)
+
+
+def _swap(path: Path, fresh: Path) -> None:
+    """Put ``fresh`` (marked complete) at ``path``; :func:`_recover` handles a crash half way."""
+    old = _sibling(path, OLD)
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        _rename(path, old)
+    _rename(fresh, path)
+    (path / COMPLETE).unlink()
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(path: Path) -> None:
+    """Finish or undo a swap a crash cut between its renames, then delete leftovers (under the lock)."""
+    fresh, old = _sibling(path, REBUILD), _sibling(path, OLD)
+    if not path.exists():
+        if (fresh / COMPLETE).exists():
+            _rename(fresh, path)
+        elif old.exists():
+            _rename(old, path)
+    for leftover in (fresh, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    (path / COMPLETE).unlink(missing_ok=True)
