@@ -1,0 +1,313 @@
+"""LadybugDB graph store: the embedded default (ARCHITECTURE.md sections 1 and 4).
+
+Files, next to each other in the data dir::
+
+    graph/memsync.lbug (+ .wal)   the database; the checkpoint node lives in it
+    graph.lock                    DirLock: names the process that owns the store
+    graph.rebuild/                a fresh database being built by a rebuild
+    graph.old/                    the previous database during a rebuild swap
+
+A rebuild builds ``graph.rebuild/``, marks it complete, then swaps it in with two
+renames (``graph`` -> ``graph.old``, ``graph.rebuild`` -> ``graph``). A crash
+before the swap leaves the old store; a crash between the renames is finished
+(or undone) by the next open, which also removes leftovers. The lock covers
+all three directories for the whole time.
+
+Engine facts this module works around (ladybug 0.22): the Python binding caches
+every statement it prepares, keyed by the parameters' types, with the last
+parameters bound, and an Arrow table is a new type each time, so the writer
+connection is recycled after a bulk load and every RECYCLE_EVERY transactions
+(the cache would keep every chunk alive); re-executing a cached ``COPY … FROM
+(subquery)`` crashes the process, so without pyarrow every COPY gets its own
+text. ``apply`` does not COPY: a COPY in a transaction adds ~170 ms to its
+commit. Driver errors are ``RuntimeError``; they become
+:class:`~memsync.errors.StoreError` in :meth:`LadybugGraphStore._transaction`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ladybug
+
+from memsync.errors import StoreError
+from memsync.locks import DirLock
+from memsync.stores import Projection
+from projections._graph_common import BulkRows, CypherGraphStore, Q, Row, batched
+
+if TYPE_CHECKING:
+    from memsync.config import MemsyncConfig
+    from memsync.fold import MemoryState
+
+try:  # pyarrow makes bulk loads ~5x faster (COPY FROM an Arrow table instead of parameter lists)
+    import pyarrow
+except ImportError:  # pragma: no cover - the fallback is tested by setting pyarrow to None
+    pyarrow = None
+
+DB_FILE = "memsync.lbug"
+COMPLETE = "REBUILD-COMPLETE"
+BULK_CHUNK = 50_000
+RECYCLE_EVERY = 256  # write transactions per writer connection (see _recycle_writer)
+WHAT = "LadybugDB graph store"
+
+SCHEMA = (
+    "CREATE NODE TABLE IF NOT EXISTS Memory(memory_id STRING PRIMARY KEY, text STRING, "
+    "user_id STRING, agent_id STRING, run_id STRING, version INT64, seq INT64)",
+    "CREATE NODE TABLE IF NOT EXISTS Entity(key STRING PRIMARY KEY, name STRING, type STRING, "
+    "user_id STRING, agent_id STRING, run_id STRING)",
+    "CREATE NODE TABLE IF NOT EXISTS MemsyncCheckpoint(name STRING PRIMARY KEY, seq INT64)",
+    "CREATE REL TABLE IF NOT EXISTS MENTIONS(FROM Memory TO Entity, type STRING)",
+    "CREATE REL TABLE IF NOT EXISTS RELATES(FROM Entity TO Entity, relation STRING, memory_id STRING)",
+)
+INT_COLUMNS = frozenset({"version", "seq"})
+
+
+def open_ladybug_store(config: MemsyncConfig) -> LadybugGraphStore:
+    """Open (creating if needed) the store at ``config.graph_path()``, owning it until close()."""
+    path = Path(config.graph_path())
+    lock = DirLock(path, WHAT).acquire()
+    try:
+        recover(path)
+        return LadybugGraphStore(path, lock=lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+class _Tx:
+    def __init__(self, conn: ladybug.Connection) -> None:
+        self._conn = conn
+
+    def run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+        result = self._conn.execute(query, params or {})
+        assert isinstance(result, ladybug.QueryResult), "one statement at a time"
+        try:
+            return [list(row) for row in result.get_all()]
+        finally:
+            result.close()
+
+
+class LadybugGraphStore(CypherGraphStore):
+    """The graph in an embedded LadybugDB database at ``path`` (a directory).
+
+    One writer connection (serialized by a lock) and one reader connection: reads
+    see committed data and never wait for a batch being applied. ``lock`` is the
+    DirLock this store releases on close (None for a rebuild's fresh store, which
+    lives under its parent's lock).
+    """
+
+    def __init__(self, path: Path, *, lock: DirLock | None = None) -> None:
+        self.path = path
+        self._lock = lock
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._db: ladybug.Database | None = None
+        self._writer: ladybug.Connection | None = None
+        self._reader: ladybug.Connection | None = None
+        self._fresh: LadybugGraphStore | None = None
+        self._copies = 0
+        self._writes = 0
+        self._open()
+
+    def describe(self) -> str:
+        return f"{WHAT} at {self.path}"
+
+    # -- lifecycle
+
+    def _open(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._db = ladybug.Database(str(self.path / DB_FILE))
+            self._writer = ladybug.Connection(self._db)
+            self._reader = ladybug.Connection(self._db)
+            for statement in SCHEMA:
+                _Tx(self._writer).run(statement)
+        except (RuntimeError, OSError) as e:
+            self._close_db()
+            raise StoreError(f"{self.describe()}: cannot open: {e}") from e
+
+    def _close_db(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        if self._db is not None:
+            self._db.close()
+        self._db = self._writer = self._reader = None
+
+    def close(self) -> None:
+        if self._fresh is not None:
+            self._fresh.close()  # its directory is removed by the next open
+            self._fresh = None
+        with self._write_lock, self._read_lock:
+            self._close_db()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -- backend primitives
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[_Tx]:
+        with self._write_lock:
+            with self._transaction(self._writer, "BEGIN TRANSACTION", what) as tx:
+                yield tx
+            self._writes += 1
+            if self._writes % RECYCLE_EVERY == 0:
+                self._recycle_writer()
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[_Tx]:
+        with self._read_lock, self._transaction(self._reader, "BEGIN TRANSACTION READ ONLY", what) as tx:
+            yield tx
+
+    @contextmanager
+    def _transaction(self, conn: ladybug.Connection | None, begin: str, what: str) -> Iterator[_Tx]:
+        """BEGIN … COMMIT on ``conn``; ROLLBACK and translate driver errors on failure."""
+        conn = self._connection(conn)
+        try:
+            conn.execute(begin)
+            yield _Tx(conn)
+            conn.execute("COMMIT")
+        except BaseException as e:
+            with suppress(RuntimeError):  # the engine ends a transaction itself when a statement fails
+                conn.execute("ROLLBACK")
+            if isinstance(e, RuntimeError):
+                raise StoreError(f"{self.describe()}: {what} failed: {e}") from e
+            raise
+
+    def _connection(self, conn: ladybug.Connection | None) -> ladybug.Connection:
+        if conn is None:
+            raise StoreError(f"{self.describe()} is closed")
+        return conn
+
+    # -- bulk load
+
+    def bulk_load(self, memories: Iterable[MemoryState], checkpoint: int) -> None:
+        """COPY the memories, entities and edges in chunks, all in one transaction."""
+        bulk = BulkRows()
+        try:
+            with self._write(f"bulk loading up to seq {checkpoint}") as tx:
+                if tx.run(Q.HAS_DATA):
+                    raise StoreError(f"{self.describe()}: bulk_load needs an empty store")
+                for chunk in batched(memories, BULK_CHUNK):
+                    rows, entities = bulk.chunk(chunk)
+                    self._copy(tx, "Memory", rows.memories)
+                    self._copy(tx, "Entity", entities)
+                    self._copy(tx, "MENTIONS", rows.mentions)
+                    self._copy(tx, "RELATES", rows.relates)
+                self._batch(tx, Q.SET_TYPES, bulk.retyped())
+                self._set_checkpoint(tx, checkpoint)
+        finally:
+            with self._write_lock:
+                self._recycle_writer()
+
+    def _copy(self, tx: _Tx, table: str, rows: list[Row]) -> None:
+        """COPY rows (dicts in the table's property order) into a table."""
+        if not rows:
+            return
+        if pyarrow is not None:
+            schema = pyarrow.schema([(k, pyarrow.int64() if k in INT_COLUMNS else pyarrow.string()) for k in rows[0]])
+            tx.run(f"COPY {table} FROM $rows", {"rows": pyarrow.Table.from_pylist(rows, schema=schema)})
+            return
+        self._copies += 1  # a fresh variable name makes a fresh statement (see the module docstring)
+        var = f"r{self._copies}"
+        fields = ", ".join(f"{var}.{k}" for k in rows[0])
+        tx.run(f"COPY {table} FROM (UNWIND $rows AS {var} RETURN {fields})", {"rows": rows})
+
+    def _recycle_writer(self) -> None:
+        """A new writer connection: drops the binding's statement cache and the data it holds.
+
+        The cache keeps one statement per query and parameter types (a null or a
+        wider int in a batch is another type) with the last batch bound to it, and
+        one per bulk COPY; recycling bounds what a long-running projector keeps.
+        """
+        if self._writer is not None and self._db is not None:
+            self._writer.close()
+            self._writer = ladybug.Connection(self._db)
+
+    # -- rebuild: a fresh database beside this one, swapped in by renames
+
+    def begin_rebuild(self) -> LadybugGraphStore:
+        if self._fresh is not None:
+            raise StoreError(f"{self.describe()}: a rebuild is already under way")
+        self._connection(self._writer)
+        fresh_path = sibling(self.path, "rebuild")
+        shutil.rmtree(fresh_path, ignore_errors=True)
+        self._fresh = LadybugGraphStore(fresh_path, lock=None)
+        return self._fresh
+
+    def commit_rebuild(self, fresh: Projection) -> None:
+        if fresh is self:
+            return
+        if self._fresh is None or fresh is not self._fresh:
+            raise StoreError(f"{self.describe()}: commit_rebuild got a store this one did not begin")
+        fresh, self._fresh = self._fresh, None
+        fresh.close()
+        _touch_durably(fresh.path / COMPLETE)
+        with self._write_lock, self._read_lock:
+            self._close_db()
+            try:
+                swap(self.path, fresh.path)
+            except OSError as e:
+                recover(self.path)
+                raise StoreError(f"{self.describe()}: swapping in the rebuilt store failed: {e}") from e
+            finally:
+                self._open()
+
+    def abort_rebuild(self, fresh: Projection) -> None:
+        if self._fresh is None or fresh is not self._fresh:
+            return
+        fresh, self._fresh = self._fresh, None
+        fresh.close()
+        shutil.rmtree(fresh.path, ignore_errors=True)
+
+
+def sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(f"{path.name}.{suffix}")
+
+
+def swap(path: Path, fresh: Path) -> None:
+    """Put ``fresh`` (marked complete) in place of ``path``; see :func:`recover` for crashes."""
+    old = sibling(path, "old")
+    shutil.rmtree(old, ignore_errors=True)
+    _rename(path, old)
+    _rename(fresh, path)
+    (path / COMPLETE).unlink()
+    shutil.rmtree(old)
+
+
+def recover(path: Path) -> None:
+    """Finish or undo a swap a crash interrupted, and remove rebuild leftovers."""
+    fresh, old = sibling(path, "rebuild"), sibling(path, "old")
+    if not path.exists():
+        if (fresh / COMPLETE).exists():
+            _rename(fresh, path)
+        elif old.exists():
+            _rename(old, path)
+    for leftover in (fresh, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    (path / COMPLETE).unlink(missing_ok=True)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    src.rename(dst)
+    _fsync_dir(dst.parent)
+
+
+def _touch_durably(path: Path) -> None:
+    path.touch()
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
