@@ -15,8 +15,11 @@ that loses such a race is rolled back by the server and its call is retried.
 
 Group commit within a process: as in :mod:`memsync.sqlite_log`, threads that
 append at the same time queue their calls and one of them commits the queue in
-one transaction (one WAL flush), each call in its own savepoint. Every call's
-events get their ``event_id`` before the first attempt, so a call whose
+one transaction (one WAL flush). The lock is held for round trips, so a batch
+makes two, whatever its size: one pipeline takes the lock and reads what every
+call needs, the rules run in memory (a refused call's rows are simply dropped),
+one pipeline writes the rows, ``NOTIFY`` and ``COMMIT`` (see :class:`_Batch`).
+Every event gets its ``event_id`` before the first attempt, so a batch whose
 ``COMMIT`` was lost with the connection is retried safely: what it recorded is
 found and returned, not recorded twice.
 
@@ -42,7 +45,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import datetime
-from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeAlias, TypeVar
 from urllib.parse import quote
 
 import msgspec
@@ -53,25 +56,37 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import RowFactory, class_row, tuple_row
 
 from memsync.errors import ConfigError, InputError, LogError, MemsyncError
-from memsync.events import GENESIS_HASH, SCOPE_FIELDS, Event, RecordedEvent, format_time, new_event_id, utcnow
+from memsync.events import GENESIS_HASH, SCOPE_FIELDS, Event, RecordedEvent, decode_payload, format_time, utcnow
 from memsync.leader import Leadership
 from memsync.log import (
+    AppendBatch,
     EventLog,
     Head,
     LogQuery,
     LogStats,
     MemoryRow,
     ParkedEvent,
+    Prepared,
     Recorded,
     StoredRow,
     plan_append,
+    prepare,
 )
 from memsync.system import redact_url
 
 logger = logging.getLogger("memsync.postgres_log")
 
 Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
+Statement: TypeAlias = tuple[str, Sequence[Any] | None]
 R = TypeVar("R")
+
+
+class _HasSeq(Protocol):
+    @property
+    def seq(self) -> int: ...
+
+
+S = TypeVar("S", bound=_HasSeq)
 
 CHANNEL: Final = "memsync_events"
 SCHEMA_FORMAT: Final = "memsync-log-1"
@@ -146,9 +161,11 @@ _UPSERT_MEMORY: Final = (
     "has_vector = EXCLUDED.has_vector"
 )
 _INSERT_STREAM: Final = "INSERT INTO streams (memory_id, version, seq) VALUES (%s, %s, %s)"
+_LOCK_SQL: Final = "SELECT pg_advisory_xact_lock(%s)"
 _PAGE: Final = 1000
-_FLUSH_ROWS: Final = 1000  # buffered event rows written per round trip
+_FLUSH_ROWS: Final = 5000  # buffered event rows written at once, between calls
 _ATTEMPTS: Final = 6  # per group-commit batch, for errors after which a retry is safe (~2.5 s in all)
+_RECORD_COLUMNS: Final = "seq, event_id, version, recorded_at, payload, vector, prev_hash, hash"
 _STORED = class_row(StoredRow)
 # client (libpq) and server settings of the sessions that sit idle on purpose
 _KEEPALIVE: Final[dict[str, Any]] = {
@@ -167,6 +184,32 @@ _IDLE_SETTINGS: Final = {
 _MEMORY = class_row(MemoryRow)
 
 
+def _records(*, vectors: str) -> RowFactory[RecordedEvent]:
+    """Rows of ``_RECORD_COLUMNS`` as records. ``vectors``: ``"decoded"`` (the event's vector list too,
+    as :meth:`EventLog.read` gives), ``"bytes"`` (float32 bytes only) or ``"none"``, for replays."""
+
+    def factory(cursor: Any) -> Callable[[Sequence[Any]], RecordedEvent]:
+        def make(values: Sequence[Any]) -> RecordedEvent:
+            seq, event_id, version, recorded_at, payload, vector, prev_hash, hash_ = values
+            return RecordedEvent(
+                seq=seq,
+                event=decode_payload(payload, vector if vectors == "decoded" else None),
+                event_id=event_id,
+                version=version,
+                recorded_at=datetime.fromisoformat(recorded_at),
+                prev_hash=prev_hash,
+                hash=hash_,
+                vector_f32=None if vectors == "none" else vector,
+            )
+
+        return make
+
+    return factory
+
+
+_READ = _records(vectors="decoded")
+
+
 def _key(kind: int, value: int) -> int:
     return (kind << 32) | (value & 0xFFFFFFFF)
 
@@ -177,7 +220,7 @@ def _describe(e: psycopg.Error) -> str:
 
 
 class _Call(NamedTuple):
-    events: list[Event]
+    prepared: Prepared
     expected_version: int | None
     imported: list[Recorded] | None
     outcome: Future[list[RecordedEvent]]
@@ -192,102 +235,56 @@ class _Failed(Exception):
         self.committing = committing
 
 
-class _Tx:
-    """:class:`memsync.log.AppendTx` over one connection, inside the append transaction.
-
-    :meth:`prime` reads, in one round trip, everything a call will ask about
-    its own events (head, recorded event_ids, memory rows, dimension); inserts
-    are buffered and written in pipelined batches. Both are exact because the
-    append lock is held and :func:`~memsync.log.plan_append` tracks the call's
-    own changes itself.
-    """
-
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
-        self._head = Head(0, GENESIS_HASH)
-        self._events: dict[str, StoredRow] = {}
-        self._memories: dict[str, MemoryRow] = {}
-        self._primed_ids: set[str] = set()
-        self._primed_memories: set[str] = set()
-        self._dimension: int | None = None
-        self._rows: list[StoredRow] = []
-        self._touched: list[tuple[MemoryRow, int]] = []
-
-    def prime(self, events: Sequence[Event]) -> None:
-        ids = list({i for e in events if isinstance(i := getattr(e, "event_id", None), str)})
-        memory_ids = list({m for e in events if isinstance(m := getattr(e, "memory_id", None), str)})
-        with self.conn.pipeline():
-            head = self.conn.execute(_HEAD_SQL)
-            found = self.conn.cursor(row_factory=_STORED).execute(
-                f"SELECT {_ROW_COLUMNS} FROM events WHERE event_id = ANY(%s)", (ids,)
-            )
-            rows = self.conn.cursor(row_factory=_MEMORY).execute(
-                f"{_MEMORY_SQL} WHERE memory_id = ANY(%s)", (memory_ids,)
-            )
-            dimension = self.conn.execute("SELECT value FROM meta WHERE key = 'dimension'")
-        top = head.fetchone()
-        self._head = Head(top[0], top[1]) if top else Head(0, GENESIS_HASH)
-        self._events = {r.event_id: r for r in found.fetchall()}
-        self._memories = {r.memory_id: r for r in rows.fetchall()}
-        self._primed_ids, self._primed_memories = set(ids), set(memory_ids)
-        value = dimension.fetchone()
-        self._dimension = int(value[0]) if value else None
-
-    def head(self) -> Head:
-        return self._head
-
-    def find_event(self, event_id: str) -> RecordedEvent | None:
-        if event_id in self._primed_ids:
-            row = self._events.get(event_id)
-        else:
-            cur = self.conn.cursor(row_factory=_STORED)
-            row = cur.execute(f"SELECT {_ROW_COLUMNS} FROM events WHERE event_id = %s", (event_id,)).fetchone()
-        return row.to_record() if row is not None else None
-
-    def memory(self, memory_id: str) -> MemoryRow | None:
-        if memory_id in self._primed_memories:
-            return self._memories.get(memory_id)
-        cur = self.conn.cursor(row_factory=_MEMORY)
-        return cur.execute(f"{_MEMORY_SQL} WHERE memory_id = %s", (memory_id,)).fetchone()
-
-    def live_memories(self, scope: dict[str, str] | None) -> list[MemoryRow]:
-        self.flush()
-        where, params = _scope_sql(scope)
-        return self.conn.cursor(row_factory=_MEMORY).execute(f"{_MEMORY_SQL} WHERE live{where}", params).fetchall()
-
-    def dimension(self) -> int | None:
-        return self._dimension
-
-    def set_dimension(self, dimension: int) -> None:
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('dimension', %s) "
-            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-            (str(dimension),),
+def _prime(conn: Conn, batch: Sequence[_Call], before: Sequence[Statement]) -> AppendBatch:
+    """Run ``before`` (``BEGIN``, the lock) and read what the calls will ask about, in one round trip."""
+    ids, memory_ids = [], []
+    for call in batch:
+        events = call.prepared.events
+        ids += [e.event_id for e, fresh in zip(events, call.prepared.fresh, strict=True) if not fresh]
+        memory_ids += [m for e in events if (m := getattr(e, "memory_id", None)) is not None]
+    with conn.pipeline():
+        for statement in before:
+            conn.execute(*statement)
+        head = conn.execute(_HEAD_SQL)
+        dimension = conn.execute("SELECT value FROM meta WHERE key = 'dimension'")
+        found = conn.cursor(row_factory=_STORED).execute(
+            f"SELECT {_ROW_COLUMNS} FROM events WHERE event_id = ANY(%s)", (ids,)
         )
-        self._dimension = dimension
+        memories = conn.cursor(row_factory=_MEMORY).execute(f"{_MEMORY_SQL} WHERE memory_id = ANY(%s)", (memory_ids,))
+    top, value = head.fetchone(), dimension.fetchone()
+    tx = AppendBatch(lambda scope: _live_rows(conn, scope))
+    tx.prime(
+        Head(top[0], top[1]) if top else Head(0, GENESIS_HASH),
+        int(value[0]) if value else None,
+        found.fetchall(),
+        memories.fetchall(),
+    )
+    return tx
 
-    def insert(self, row: StoredRow, touched: list[MemoryRow]) -> None:
-        self._rows.append(row)
-        self._touched.extend((memory, row.seq) for memory in touched)
-        if len(self._rows) >= _FLUSH_ROWS:
-            self.flush()
 
-    def flush(self) -> None:
-        if not self._rows:
-            return
-        rows, touched = self._rows, self._touched
-        self._rows, self._touched = [], []
-        with self.conn.pipeline(), self.conn.cursor() as cur:
+def _live_rows(conn: Conn, scope: dict[str, str] | None) -> list[MemoryRow]:
+    where, params = _scope_sql(scope)
+    return conn.cursor(row_factory=_MEMORY).execute(f"{_MEMORY_SQL} WHERE live{where}", params).fetchall()
+
+
+def _flush(conn: Conn, tx: AppendBatch, after: Sequence[Statement] = ()) -> None:
+    """Write what the batch recorded so far, then run ``after``, in one round trip."""
+    rows, touched, dimension = tx.take()
+    latest = {m.memory_id: m for m, _ in touched}  # a memory changed twice is written once
+    with conn.pipeline(), conn.cursor() as cur:
+        if dimension is not None:
+            cur.execute(
+                "INSERT INTO meta (key, value) VALUES ('dimension', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (str(dimension),),
+            )
+        if rows:
             cur.executemany(_INSERT_EVENT, [msgspec.structs.astuple(r) for r in rows])
-            if touched:
-                cur.executemany(
-                    _UPSERT_MEMORY,
-                    [
-                        (m.memory_id, m.version, m.live, m.user_id, m.agent_id, m.run_id, m.has_vector)
-                        for m, _ in touched
-                    ],
-                )
-                cur.executemany(_INSERT_STREAM, [(m.memory_id, m.version, seq) for m, seq in touched])
+        if touched:
+            cur.executemany(_UPSERT_MEMORY, [msgspec.structs.astuple(m) for m in latest.values()])
+            cur.executemany(_INSERT_STREAM, [(m.memory_id, m.version, seq) for m, seq in touched])
+        for statement in after:
+            cur.execute(*statement)
 
 
 def _scope_sql(scope: dict[str, str] | None) -> tuple[str, list[str]]:
@@ -445,10 +442,14 @@ class PostgresEventLog(EventLog):
         settings = {"synchronous_commit": "on", **(_IDLE_SETTINGS if idle else {})}
         if conn.info.server_version < 140000:
             settings.pop("idle_session_timeout", None)
-        conn.execute(
-            "SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(settings)),
-            [item for pair in settings.items() for item in pair],
-        )
+        try:
+            conn.execute(
+                "SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(settings)),
+                [item for pair in settings.items() for item in pair],
+            )
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _error(self, what: str, e: psycopg.Error) -> LogError:
@@ -511,7 +512,7 @@ class PostgresEventLog(EventLog):
     def append(self, events: Sequence[Event], *, expected_version: int | None = None) -> list[RecordedEvent]:
         if not events:
             return []
-        return self._submit(_Call(_prepared(events), expected_version, None, Future()))
+        return self._submit(_Call(_prepared(events), expected_version, None, Future()))  # checked outside the lock
 
     def import_records(self, records: Iterable[tuple[Event, dict[str, Any]]]) -> int:
         events: list[Event] = []
@@ -534,46 +535,57 @@ class PostgresEventLog(EventLog):
         return call.outcome.result()
 
     def _commit(self, batch: list[_Call]) -> None:
-        """Commit ``batch`` in one transaction, retrying when the server rolled it back (or lost it)."""
+        """Commit ``batch`` in one transaction, retrying when the server rolled it back (or lost it).
+
+        Every call's outcome is settled whatever happens, so no thread waits forever.
+        """
+        try:
+            _settle(batch, self._attempts(batch))
+        except BaseException as e:
+            _settle(batch, [e] * len(batch))
+            raise
+        if self._listener is not None:
+            self._listener.bump()
+
+    def _attempts(self, batch: list[_Call]) -> Sequence[list[RecordedEvent] | BaseException]:
         delay = 0.02
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                outcomes = self._write(batch)
+                return self._write(batch)
             except _Failed as failed:
                 if attempt < _ATTEMPTS and _retry_safe(failed, batch):
                     logger.info("append retried after %s", _describe(failed.error))
                     time.sleep(delay * random.uniform(0.5, 1.5))
                     delay *= 3
+                    # the attempt may have committed: from now on every event_id is looked up
+                    batch = [call._replace(prepared=_looked_up(call.prepared)) for call in batch]
                     continue
                 error = self._error("appending to", failed.error)
+                if failed.committing:
+                    error = LogError(f"{error} (during COMMIT: the events may be recorded; check the log's head)")
                 error.__cause__ = failed.error
-                _settle(batch, [error] * len(batch))
-                return
+                return [error] * len(batch)
             except MemsyncError as e:  # e.g. the log was closed
-                _settle(batch, [e] * len(batch))
-                return
-            _settle(batch, outcomes)
-            if self._listener is not None:
-                self._listener.bump()
-            return
+                return [e] * len(batch)
+        raise AssertionError("unreachable")
 
     def _write(self, batch: list[_Call]) -> list[list[RecordedEvent] | BaseException]:
+        """One transaction for the batch: the lock and the reads, the rules in memory, one write and COMMIT."""
         committing = False
         conn: Conn | None = None
         try:
             conn = self._writer if self._writer is not None and not self._writer.broken else self._open()
             self._writer = conn
-            conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")  # each statement sees the commits before it
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._append_key,))
-            outcomes = [self._apply(conn, call, savepoint=len(batch) > 1) for call in batch]
-            recorded = [r for r in outcomes if isinstance(r, list) and r]
-            if not recorded:
+            # READ COMMITTED whatever the database's default: each statement after the lock sees every earlier commit
+            tx = _prime(conn, batch, [("BEGIN ISOLATION LEVEL READ COMMITTED", None), (_LOCK_SQL, (self._append_key,))])
+            outcomes = [self._plan(conn, tx, call) for call in batch]
+            recorded = [r for r in outcomes if not isinstance(r, BaseException)]
+            if recorded:
+                committing = True
+                last = max(r[-1].seq for r in recorded)
+                _flush(conn, tx, after=[("SELECT pg_notify(%s, %s)", (CHANNEL, str(last))), ("COMMIT", None)])
+            else:
                 conn.execute("ROLLBACK")
-                return outcomes
-            last = max(r[-1].seq for r in recorded)
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(last)))
-            committing = True
-            conn.execute("COMMIT")
             return outcomes
         except psycopg.Error as e:
             if conn is not None and not conn.broken:
@@ -583,30 +595,24 @@ class PostgresEventLog(EventLog):
                 self._writer = None
             raise _Failed(e, committing) from e
 
-    def _apply(self, conn: Conn, call: _Call, *, savepoint: bool) -> list[RecordedEvent] | BaseException:
-        """One call inside the batch's transaction; its refusal undoes only its own writes."""
-        if savepoint:
-            conn.execute("SAVEPOINT call")
-        tx = _Tx(conn)
+    def _plan(self, conn: Conn, tx: AppendBatch, call: _Call) -> list[RecordedEvent] | BaseException:
+        """The append rules for one call of the batch; a refusal (or a bug) is its outcome, a database error raises."""
+        tx.begin()
         try:
-            tx.prime(call.events)
             result = plan_append(
                 tx,
-                call.events,
+                call.prepared,
                 expected_version=call.expected_version,
                 imported=call.imported,
                 fixed_dimension=self.fixed_dimension,
             )
-            tx.flush()
         except psycopg.Error:
             raise
-        except Exception as e:  # refused (or a bug): this call fails, the others go on
-            if savepoint:
-                conn.execute("ROLLBACK TO SAVEPOINT call")
-                conn.execute("RELEASE SAVEPOINT call")
+        except Exception as e:
+            tx.discard()
             return e
-        if savepoint:
-            conn.execute("RELEASE SAVEPOINT call")
+        if tx.buffered >= _FLUSH_ROWS:  # between calls, so a refusal never has to undo a write
+            _flush(conn, tx)
         return result
 
     # ------------------------------------------------------------ reads
@@ -615,12 +621,14 @@ class PostgresEventLog(EventLog):
         rows = self._tuples(_HEAD_SQL)
         return Head(rows[0][0], rows[0][1]) if rows else Head(0, GENESIS_HASH)
 
-    def _pages(self, sql: str, params: Sequence[Any], cursor: int, limit: int | None) -> Iterator[StoredRow]:
+    def _pages(
+        self, sql: str, params: Sequence[Any], cursor: int, limit: int | None, factory: RowFactory[S]
+    ) -> Iterator[S]:
         """Rows of ``sql`` (taking ``cursor, *params, page size``) page by page; the cursor is the last seq."""
         remaining = limit
         while remaining is None or remaining > 0:
             size = _PAGE if remaining is None else min(_PAGE, remaining)
-            rows = self._fetch(sql, (cursor, *params, size), _STORED)
+            rows = self._fetch(sql, (cursor, *params, size), factory)
             yield from rows
             if remaining is not None:
                 remaining -= len(rows)
@@ -629,20 +637,22 @@ class PostgresEventLog(EventLog):
             cursor = rows[-1].seq
 
     def stored_rows(self, after: int = 0) -> Iterator[StoredRow]:
-        return self._pages(f"SELECT {_ROW_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (), after, None)
+        return self._pages(_after(_ROW_COLUMNS), (), after, None, _STORED)
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
-        sql = f"SELECT {_ROW_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s"
-        return (row.to_record() for row in self._pages(sql, (), after, limit))
+        return self._pages(_after(_RECORD_COLUMNS), (), after, limit, _READ)
+
+    def replay(self, after: int = 0, limit: int | None = None, *, vectors: bool = True) -> Iterator[RecordedEvent]:
+        columns = _RECORD_COLUMNS if vectors else _RECORD_COLUMNS.replace("vector", "NULL::bytea")
+        return self._pages(_after(columns), (), after, limit, _records(vectors="bytes" if vectors else "none"))
 
     def read_stream(self, memory_id: str, *, until_seq: int | None = None) -> list[RecordedEvent]:
-        rows = self._fetch(
-            f"SELECT {_prefixed('e')} FROM streams s JOIN events e ON e.seq = s.seq "
+        return self._fetch(
+            f"SELECT {_prefixed('e', _RECORD_COLUMNS)} FROM streams s JOIN events e ON e.seq = s.seq "
             "WHERE s.memory_id = %s AND s.seq <= %s ORDER BY s.version",
             (memory_id, until_seq if until_seq is not None else 2**62),
-            _STORED,
+            _READ,
         )
-        return [r.to_record() for r in rows]
 
     def read_streams(self, memory_ids: Sequence[str], *, until_seq: int) -> Iterator[RecordedEvent]:
         ids = list(dict.fromkeys(memory_ids))
@@ -654,21 +664,19 @@ class PostgresEventLog(EventLog):
         seqs = [r[0] for r in found]
         for start in range(0, len(seqs), _PAGE):
             chunk = seqs[start : start + _PAGE]
-            rows = self._fetch(f"SELECT {_ROW_COLUMNS} FROM events WHERE seq = ANY(%s) ORDER BY seq", (chunk,), _STORED)
-            for row in rows:
-                yield row.to_record()
+            yield from self._fetch(
+                f"SELECT {_RECORD_COLUMNS} FROM events WHERE seq = ANY(%s) ORDER BY seq", (chunk,), _READ
+            )
 
     def query(
         self, q: LogQuery, *, after: int = 0, limit: int | None = None, descending: bool = False
     ) -> Iterator[RecordedEvent]:
         where, params = _query_sql(q)
         if descending:
-            sql = f"SELECT {_ROW_COLUMNS} FROM events WHERE seq < %s AND seq > %s{where} ORDER BY seq DESC LIMIT %s"
-            rows = self._pages(sql, (after, *params), 2**62, limit)
-        else:
-            sql = f"SELECT {_ROW_COLUMNS} FROM events WHERE seq > %s{where} ORDER BY seq LIMIT %s"
-            rows = self._pages(sql, params, after, limit)
-        return (row.to_record() for row in rows)
+            sql = f"SELECT {_RECORD_COLUMNS} FROM events WHERE seq < %s AND seq > %s{where} ORDER BY seq DESC LIMIT %s"
+            return self._pages(sql, (after, *params), 2**62, limit, _READ)
+        sql = f"SELECT {_RECORD_COLUMNS} FROM events WHERE seq > %s{where} ORDER BY seq LIMIT %s"
+        return self._pages(sql, params, after, limit, _READ)
 
     def stats(self) -> LogStats:
         counts = self._tuples("SELECT COUNT(*), COUNT(*) FILTER (WHERE has_vector) FROM memories WHERE live")
@@ -682,6 +690,9 @@ class PostgresEventLog(EventLog):
 
     def wait(self, after: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
+        seq = self.head().seq
+        if seq > after or timeout <= 0:
+            return seq
         listener = self._ensure_listener()
         poll = 0.005
         while True:
@@ -755,7 +766,7 @@ class PostgresLeadership(Leadership):
     The server releases it when that connection ends — a clean release, the
     process dying (``kill -9`` closes the socket), or keepalives finding the
     client gone. :meth:`still_held` asks the server whether this session still
-    holds it.
+    holds it. A standby keeps its session and asks for the lock on it again.
     """
 
     def __init__(self, connect: Callable[[], Conn], key: int, what: str) -> None:
@@ -763,57 +774,50 @@ class PostgresLeadership(Leadership):
         self.key = key
         self.what = what
         self._conn: Conn | None = None
+        self._held = False
         self._lock = threading.Lock()
 
     def try_acquire(self) -> bool:
         with self._lock:
-            if self._conn is not None and not self._conn.broken:
+            if self._held and self._conn is not None and not self._conn.broken:
                 return True
-            self._drop()
             try:
-                conn = self._connect()
+                if self._conn is None or self._conn.broken:
+                    self._drop()
+                    self._conn = self._connect()
+                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
             except (psycopg.Error, MemsyncError) as e:
                 logger.warning("leadership of %s: cannot reach the database: %s", self.what, e)
+                self._drop()
                 return False
-            try:
-                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-            except psycopg.Error as e:
-                logger.warning("leadership of %s: %s", self.what, _describe(e))
-                conn.close()
-                return False
-            if row is None or not row[0]:
-                conn.close()
-                return False
-            self._conn = conn
-            return True
+            self._held = bool(row and row[0])
+            return self._held
 
     def still_held(self) -> bool:
         with self._lock:
-            conn = self._conn
-            if conn is None:
+            if not self._held or self._conn is None:
                 return False
             try:
-                row = conn.execute(
+                row = self._conn.execute(
                     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
                     "AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
                     (self.key >> 32, self.key & 0xFFFFFFFF),
                 ).fetchone()
-                held = bool(row and row[0])
+                self._held = bool(row and row[0])
             except psycopg.Error as e:
                 logger.warning("leadership of %s lost: %s", self.what, _describe(e))
-                held = False
-            if not held:
                 self._drop()
-            return held
+            return self._held
 
     def release(self) -> None:
         with self._lock:
-            if self._conn is not None and not self._conn.broken:
+            if self._held and self._conn is not None and not self._conn.broken:
                 with contextlib.suppress(psycopg.Error):
                     self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
             self._drop()
 
     def _drop(self) -> None:
+        self._held = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -822,22 +826,32 @@ class PostgresLeadership(Leadership):
 # ---------------------------------------------------------------- helpers
 
 
-def _prepared(events: Sequence[Event]) -> list[Event]:
-    """Each event with its event_id assigned now, so a retried call finds what it recorded.
+def _prepared(events: Sequence[Event]) -> Prepared:
+    """:func:`~memsync.log.prepare` (checked, encoded, event_ids given), plus what PostgreSQL needs.
 
-    PostgreSQL ``text`` cannot hold NUL, so ids and scope values with one are
-    refused here (SQLite would store them).
+    The ids and scope values go into ``text`` columns (and are looked up before
+    the rules run), so one that PostgreSQL cannot store — with a NUL character,
+    or not UTF-8 — is refused here, naming the event; SQLite would store it.
     """
-    out: list[Event] = []
     for index, event in enumerate(events):
-        for field in ("memory_id", *SCOPE_FIELDS):
+        for field in ("event_id", "memory_id", *SCOPE_FIELDS):
             value = getattr(event, field, None)
-            if isinstance(value, str) and "\x00" in value:
-                raise InputError(f"`{field}` contains a NUL character", index=index, field=field)
-        if isinstance(event, msgspec.Struct) and getattr(event, "event_id", "") is None:
-            event = msgspec.structs.replace(event, event_id=new_event_id())
-        out.append(event)
-    return out
+            if isinstance(value, str) and not _storable(value):
+                raise InputError(f"`{field}` contains a NUL character or is not UTF-8", index=index, field=field)
+    return prepare(events)
+
+
+def _looked_up(prepared: Prepared) -> Prepared:
+    """The same call, but every event_id is looked up (a retry may find what the lost attempt recorded)."""
+    return msgspec.structs.replace(prepared, fresh=[False] * len(prepared.events))
+
+
+def _storable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def _recorded(recorded: dict[str, Any], line: int) -> Recorded:
@@ -872,6 +886,8 @@ def _retry_safe(failed: _Failed, batch: list[_Call]) -> bool:
 
 def _settle(batch: list[_Call], outcomes: Sequence[list[RecordedEvent] | BaseException]) -> None:
     for call, outcome in zip(batch, outcomes, strict=True):
+        if call.outcome.done():
+            continue
         if isinstance(outcome, BaseException):
             call.outcome.set_exception(outcome)
         else:
@@ -884,8 +900,12 @@ def _regclass(conn: Conn, table: str) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
-def _prefixed(alias: str) -> str:
-    return ", ".join(f"{alias}.{c.strip()}" for c in _ROW_COLUMNS.split(","))
+def _after(columns: str) -> str:
+    return f"SELECT {columns} FROM events WHERE seq > %s ORDER BY seq LIMIT %s"
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
 
 
 def _query_sql(q: LogQuery) -> tuple[str, list[Any]]:

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_system"]
+pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_system", "tests.fixtures_postgres"]

@@ -2,7 +2,7 @@
 
 Plain module (stdlib + psycopg).  Typical use::
 
-    from pg_server import PostgresServer
+    from tests.pg_server import PostgresServer
 
     with PostgresServer() as pg:           # start() ... cleanup()
         url = pg.create_database("t1")     # per-test database
@@ -18,9 +18,13 @@ How it works
 * ``initdb`` runs once per machine and major version.  The result is cached
   in ``/tmp/memsync-pg-template-<major>`` (built in a scratch directory and
   renamed into place, under an exclusive ``flock``); servers copy it while
-  holding a shared lock.
+  holding a shared lock.  The copy is done in-process by a small thread
+  pool (one directory per task), which is ~2x faster than ``cp -a`` here:
+  the cost is creating ~1000 inodes, not the ~40 MB of data.
+* Template = ``initdb --auth=trust --username=postgres --encoding=UTF8
+  --no-locale`` run with ``TZ=UTC`` (so ``timezone = 'UTC'``).
 * Postgres refuses to run as root.  When the tests run as root every server
-  process (initdb, cp, postgres) is executed directly as the ``postgres`` user
+  process (initdb, postgres) is executed directly as the ``postgres`` user
   with ``subprocess.Popen(user=..., group=..., extra_groups=...)``: no
   ``runuser``/``su`` in between, so the child's PID *is* the postmaster PID.
   As a non-root user the processes simply run as that user.
@@ -242,7 +246,10 @@ def _default_template_dir(major: int, user: _User) -> Path:
 
 @contextlib.contextmanager
 def _flock(path: Path, mode: int, timeout: float) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except PermissionError:  # someone else's lock file (e.g. fs.protected_regular)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         deadline = time.monotonic() + timeout
         delay = 0.005
@@ -660,10 +667,12 @@ class PostgresServer:
         try:
             self._launch()
         except BaseException:
-            if not self._port_fixed and not self._started_once:
+            if not self._started_once:
                 # a fresh cluster that never came up: nothing worth keeping
+                # (the log tail is in the exception message)
                 self._rt.remove_dir()
-                self._port = None
+                if not self._port_fixed:
+                    self._port = None
             raise
         self._started_once = True
         self.timings["start_total"] = time.perf_counter() - t0

@@ -84,10 +84,10 @@ def _non_loopback_ipv4() -> list[str]:
     with contextlib.suppress(OSError):
         for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
             addrs.add(str(info[4][0]))
-    with contextlib.suppress(OSError):  # the outbound address; sends nothing
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))
-            addrs.add(s.getsockname()[0])
+    # the outbound address; a UDP connect() sends nothing
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))
+        addrs.add(s.getsockname()[0])
     return sorted(a for a in addrs if not a.startswith("127."))
 
 
