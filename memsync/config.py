@@ -9,6 +9,7 @@ double underscore: ``MEMSYNC_GRAPH__URI``. Errors name the key.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,6 +94,8 @@ class MemsyncConfig(_Section):
         """Every secret value in this config (for redaction; never print them)."""
         out = [s.get_secret_value() for s in (self.vector.api_key, self.graph.password) if s is not None]
         for url in (self.log_url, self.graph.uri, self.vector.url):
+            for match in re.finditer(r"(?i)[?&]password=([^&#]*)", url or ""):
+                out.append(match.group(1))
             if url and "://" in url and "@" in url:
                 credentials = url.split("://", 1)[1].rsplit("@", 1)[0]
                 if ":" in credentials:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -100,7 +101,8 @@ def read_heartbeat(data_dir: Path) -> dict[str, Any]:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
+    """The URL with any password (``user:pw@`` or ``?password=``) replaced by ***."""
+    url = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
     if "@" not in url or "://" not in url:
         return url
     scheme, rest = url.split("://", 1)
