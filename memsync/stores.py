@@ -27,7 +27,7 @@ import msgspec
 
 from memsync.errors import ConfigError
 from memsync.events import format_time
-from memsync.fold import Fact, MemoryState
+from memsync.fold import Fact, MemoryState, graph_view
 
 if TYPE_CHECKING:
     from memsync.config import MemsyncConfig
@@ -187,6 +187,41 @@ class GraphSnapshot(msgspec.Struct, kw_only=True):
     mentions: set[tuple[str, str]]  # (memory_id, entity key)
     relates: set[tuple[str, str, str, str]]  # (source key, relation, target key, memory_id)
 
+    def sizes(self) -> dict[str, int]:
+        """What :meth:`GraphStore.counts` returns for a store holding this graph and nothing more."""
+        return {
+            "memories": len(self.memories),
+            "entities": len(self.entities),
+            "mentions": len(self.mentions),
+            "relates": len(self.relates),
+        }
+
+
+def expected_graph(memories: Iterable[MemoryState]) -> GraphSnapshot:
+    """The graph a store must hold for these live memories: their nodes plus :func:`~memsync.fold.graph_view`."""
+    live = list(memories)
+    view = graph_view(live)
+    return GraphSnapshot(
+        memories={
+            m.memory_id: GraphMemory(
+                memory_id=m.memory_id,
+                text=m.text,
+                user_id=m.user_id,
+                agent_id=m.agent_id,
+                run_id=m.run_id,
+                version=m.version,
+                seq=m.seq,
+            )
+            for m in live
+        },
+        entities={
+            key: GraphEntity(key=key, name=name, type=typ, scope_field=field, scope_value=value)
+            for key, (name, typ, field, value) in view.entities.items()
+        },
+        mentions=view.mentions,
+        relates=view.relates,
+    )
+
 
 class GraphStore(Projection):
     """Memories, entities, MENTIONS and RELATES (ARCHITECTURE.md section 4).
@@ -201,6 +236,17 @@ class GraphStore(Projection):
     @abstractmethod
     def snapshot(self) -> GraphSnapshot:
         """The whole graph (for verify; sized for operator use, not hot paths)."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Raw counts: ``memories`` and ``entities`` (nodes), ``mentions`` and ``relates`` (edges).
+
+        Every node and edge of each kind is counted, duplicates included. The
+        snapshot's sets hide a duplicate (a second MENTIONS edge between the same
+        memory and entity looks like one), so verify compares these with
+        :meth:`GraphSnapshot.sizes`: a store holding exactly its snapshot returns
+        the same numbers.
+        """
 
     @abstractmethod
     def relations(self, names: Sequence[str], *, scope: tuple[str, str], limit: int = 50) -> list[Fact]:

@@ -6,6 +6,7 @@ checkpoint. Drift is reported per store as ids:
 * ``missing`` — a live memory the store does not have,
 * ``extra``   — a memory the store has that is not live,
 * ``stale``   — present in both but different (text, payload, vector, edges),
+  or, in a graph, holding a duplicate node or edge (see :func:`_duplicate_holders`),
 * ``orphans`` — entity keys no live memory mentions (graph only).
 
 ``repair`` writes the fold's state for exactly those memories (and drops the
@@ -20,10 +21,20 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from memsync.fold import MemoryState, State, fold, graph_view
+from memsync.fold import MemoryState, State, fold
 from memsync.log import EventLog
 from memsync.projector import strip_vectors
-from memsync.stores import Delete, GraphStore, Op, Projection, Upsert, VectorStore, vector_payload
+from memsync.stores import (
+    Delete,
+    GraphSnapshot,
+    GraphStore,
+    Op,
+    Projection,
+    Upsert,
+    VectorStore,
+    expected_graph,
+    vector_payload,
+)
 
 
 class Drift(msgspec.Struct, kw_only=True):
@@ -94,42 +105,54 @@ def same_vector(stored: bytes, expected: bytes | None) -> bool:
 
 
 def _graph_drift(store: GraphStore, state: State, checkpoint: int) -> Drift:
-    snap = store.snapshot()
-    view = graph_view(state)
+    found = store.snapshot()
+    counts = store.counts()
+    want = expected_graph(state)
     drift = Drift(checkpoint=checkpoint)
-    edges_expected = _edges_by_memory(view.mentions, view.relates)
-    edges_found = _edges_by_memory(snap.mentions, snap.relates)
-    for memory_id, node in snap.memories.items():
-        memory = state.memories.get(memory_id)
-        if memory is None:
+    edges_want, edges_found = _edges_by_memory(want), _edges_by_memory(found)
+    for memory_id, node in found.memories.items():
+        if memory_id not in want.memories:
             drift.extra.append(memory_id)
-            continue
-        props = (memory.text, memory.user_id, memory.agent_id, memory.run_id, memory.version, memory.seq)
-        found = (node.text, node.user_id, node.agent_id, node.run_id, node.version, node.seq)
-        if props != found or edges_expected.get(memory_id) != edges_found.get(memory_id):
+        elif node != want.memories[memory_id] or edges_want.get(memory_id) != edges_found.get(memory_id):
             drift.stale.append(memory_id)
-    drift.missing = sorted(m for m in state.memories if m not in snap.memories)
-    stale = set(drift.stale)
-    for key, entity in snap.entities.items():
-        want = view.entities.get(key)
-        if want is None:
+    drift.missing = sorted(m for m in want.memories if m not in found.memories)
+    stale = set(drift.stale) | (_duplicate_holders(found, counts) & want.memories.keys())
+    for key, entity in found.entities.items():
+        expected = want.entities.get(key)
+        if expected is None:
             drift.orphans.append(key)
-        elif (entity.name, entity.type, entity.scope_field, entity.scope_value) != want:
-            stale.update(m for m, k in view.mentions if k == key)
+        elif entity != expected:
+            stale.update(m for m, k in want.mentions if k == key)
     drift.stale = sorted(stale - set(drift.missing))
     drift.extra.sort()
     drift.orphans.sort()
     return drift
 
 
-def _edges_by_memory(
-    mentions: set[tuple[str, str]], relates: set[tuple[str, str, str, str]]
-) -> dict[str, tuple[frozenset[str], frozenset[tuple[str, str, str]]]]:
+def _duplicate_holders(graph: GraphSnapshot, counts: dict[str, int]) -> set[str]:
+    """The memories that may hold a duplicate the snapshot's sets hide, seen as counts above its sizes.
+
+    Counts do not say which node or edge is doubled, so every memory holding one
+    of that kind is suspect. Repair rewrites their edges, which drops doubled
+    edges; a doubled node (the engines' unique keys prevent it) stays reported.
+    """
+    excess = {kind for kind, size in graph.sizes().items() if counts.get(kind, 0) > size}
+    holders: set[str] = set()
+    if "memories" in excess:
+        holders.update(graph.memories)
+    if excess & {"entities", "mentions"}:
+        holders.update(memory_id for memory_id, _ in graph.mentions)
+    if "relates" in excess:
+        holders.update(memory_id for *_, memory_id in graph.relates)
+    return holders
+
+
+def _edges_by_memory(graph: GraphSnapshot) -> dict[str, tuple[frozenset[str], frozenset[tuple[str, str, str]]]]:
     m: dict[str, set[str]] = defaultdict(set)
     r: dict[str, set[tuple[str, str, str]]] = defaultdict(set)
-    for memory_id, key in mentions:
+    for memory_id, key in graph.mentions:
         m[memory_id].add(key)
-    for source, relation, target, memory_id in relates:
+    for source, relation, target, memory_id in graph.relates:
         r[memory_id].add((source, relation, target))
     return {k: (frozenset(m.get(k, ())), frozenset(r.get(k, ()))) for k in set(m) | set(r)}
 

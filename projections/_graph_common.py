@@ -289,7 +289,7 @@ class CypherGraphStore(GraphStore):
         return sorted(facts)[:limit]
 
     def counts(self) -> dict[str, int]:
-        """All nodes and all edges, duplicates and strays included (the snapshot has neither)."""
+        """One ``count()`` per kind of node and edge: duplicates count, unlike in the snapshot."""
         with self._read("counting") as tx:
             return {name: int(tx.run(query)[0][0]) for name, query in Q.COUNTS}
 
@@ -420,9 +420,11 @@ class Q:
     SNAPSHOT_ENTITIES = "MATCH (e:Entity) RETURN e.key, e.name, e.type, e.user_id, e.agent_id, e.run_id"
     SNAPSHOT_MENTIONS = "MATCH (m:Memory)-[:MENTIONS]->(e:Entity) RETURN m.memory_id, e.key"
     SNAPSHOT_RELATES = "MATCH (a:Entity)-[r:RELATES]->(b:Entity) RETURN a.key, r.relation, b.key, r.memory_id"
-    COUNTS = (
-        ("nodes", "MATCH (n) RETURN count(n)"),
-        ("edges", "MATCH ()-[r]->() RETURN count(r)"),
+    COUNTS = (  # the keys of GraphStore.counts()
+        ("memories", "MATCH (m:Memory) RETURN count(m)"),
+        ("entities", "MATCH (e:Entity) RETURN count(e)"),
+        ("mentions", "MATCH (:Memory)-[r:MENTIONS]->(:Entity) RETURN count(r)"),
+        ("relates", "MATCH (:Entity)-[r:RELATES]->(:Entity) RETURN count(r)"),
     )
 
     RELATIONS_FROM = (

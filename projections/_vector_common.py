@@ -4,7 +4,8 @@
 * :func:`search_conditions` turns a scope and metadata filters into engine-neutral
   conditions, leaving what an engine cannot express to :func:`search_pages`,
 * float32 vectors in and out, the dimension check, and :func:`write_points`,
-  which names the memory a store rejected.
+  which names the memory a store rejected,
+* :func:`scroll_points`, the paging loop of ``points()``.
 
 Nothing here imports an engine: each backend maps these neutral shapes onto its
 own types and translates its own errors.
@@ -112,6 +113,23 @@ def to_point(record: Any) -> VectorPoint:
         vector = vector[""]
     payload = record.payload or {}
     return VectorPoint(memory_id=payload["memory_id"], payload=payload, vector=vector_bytes(vector))
+
+
+def scroll_points(page: Callable[[Any], tuple[Iterable[Any], Any] | None]) -> Iterator[VectorPoint]:
+    """Every point, a page at a time: ``page(offset)`` scrolls from ``offset`` (None: the start).
+
+    It returns the page's records and the next offset (None after the last page),
+    or None when there is nothing to scroll yet (no shard or collection).
+    """
+    offset: Any = None
+    while True:
+        found = page(offset)
+        if found is None:
+            return
+        records, offset = found
+        yield from map(to_point, records)
+        if offset is None:
+            return
 
 
 def to_hits(scored: Iterable[Any]) -> list[VectorHit]:

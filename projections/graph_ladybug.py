@@ -8,10 +8,11 @@ Files, next to each other in the data dir::
     graph.old/                    the previous database during a rebuild swap
 
 A rebuild builds ``graph.rebuild/``, marks it complete, then swaps it in with two
-renames (``graph`` -> ``graph.old``, ``graph.rebuild`` -> ``graph``). A crash
-before the swap leaves the old store; a crash between the renames is finished
-(or undone) by the next open, which also removes leftovers. The lock covers
-all three directories for the whole time.
+renames (``graph`` -> ``graph.old``, ``graph.rebuild`` -> ``graph``), as
+:mod:`projections._dirswap` does for both embedded stores. A crash before the
+swap leaves the old store; a crash between the renames is finished (or undone)
+by the next open, which also removes leftovers. The lock covers all three
+directories for the whole time.
 
 Engine facts this module works around (ladybug 0.22): the Python binding caches
 every statement it prepares, keyed by the parameters' types, with the last
@@ -26,7 +27,6 @@ commit. Driver errors are ``RuntimeError``; they become
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 from collections.abc import Iterable, Iterator
@@ -39,6 +39,7 @@ import ladybug
 from memsync.errors import StoreError
 from memsync.locks import DirLock
 from memsync.stores import Projection
+from projections._dirswap import open_locked, rebuild_dir, swap_in
 from projections._graph_common import BulkRows, CypherGraphStore, Q, Row, batched
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ except ImportError:  # pragma: no cover - the fallback is tested by setting pyar
     pyarrow = None
 
 DB_FILE = "memsync.lbug"
-COMPLETE = "REBUILD-COMPLETE"
 BULK_CHUNK = 50_000
 RECYCLE_EVERY = 256  # write transactions per writer connection (see _recycle_writer)
 WHAT = "LadybugDB graph store"
@@ -71,13 +71,7 @@ INT_COLUMNS = frozenset({"version", "seq"})
 def open_ladybug_store(config: MemsyncConfig) -> LadybugGraphStore:
     """Open (creating if needed) the store at ``config.graph_path()``, owning it until close()."""
     path = Path(config.graph_path())
-    lock = DirLock(path, WHAT).acquire()
-    try:
-        recover(path)
-        return LadybugGraphStore(path, lock=lock)
-    except BaseException:
-        lock.release()
-        raise
+    return open_locked(path, WHAT, lambda lock: LadybugGraphStore(path, lock=lock))
 
 
 class _Tx:
@@ -237,9 +231,7 @@ class LadybugGraphStore(CypherGraphStore):
         if self._fresh is not None:
             raise StoreError(f"{self.describe()}: a rebuild is already under way")
         self._connection(self._writer)
-        fresh_path = sibling(self.path, "rebuild")
-        shutil.rmtree(fresh_path, ignore_errors=True)
-        self._fresh = LadybugGraphStore(fresh_path, lock=None)
+        self._fresh = LadybugGraphStore(rebuild_dir(self.path), lock=None)
         return self._fresh
 
     def commit_rebuild(self, fresh: Projection) -> None:
@@ -249,13 +241,11 @@ class LadybugGraphStore(CypherGraphStore):
             raise StoreError(f"{self.describe()}: commit_rebuild got a store this one did not begin")
         fresh, self._fresh = self._fresh, None
         fresh.close()
-        _touch_durably(fresh.path / COMPLETE)
         with self._write_lock, self._read_lock:
             self._close_db()
             try:
-                swap(self.path, fresh.path)
+                swap_in(self.path, fresh.path)
             except OSError as e:
-                recover(self.path)
                 raise StoreError(f"{self.describe()}: swapping in the rebuilt store failed: {e}") from e
             finally:
                 self._open()
@@ -266,48 +256,3 @@ class LadybugGraphStore(CypherGraphStore):
         fresh, self._fresh = self._fresh, None
         fresh.close()
         shutil.rmtree(fresh.path, ignore_errors=True)
-
-
-def sibling(path: Path, suffix: str) -> Path:
-    return path.with_name(f"{path.name}.{suffix}")
-
-
-def swap(path: Path, fresh: Path) -> None:
-    """Put ``fresh`` (marked complete) in place of ``path``; see :func:`recover` for crashes."""
-    old = sibling(path, "old")
-    shutil.rmtree(old, ignore_errors=True)
-    _rename(path, old)
-    _rename(fresh, path)
-    (path / COMPLETE).unlink()
-    shutil.rmtree(old)
-
-
-def recover(path: Path) -> None:
-    """Finish or undo a swap a crash interrupted, and remove rebuild leftovers."""
-    fresh, old = sibling(path, "rebuild"), sibling(path, "old")
-    if not path.exists():
-        if (fresh / COMPLETE).exists():
-            _rename(fresh, path)
-        elif old.exists():
-            _rename(old, path)
-    for leftover in (fresh, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    (path / COMPLETE).unlink(missing_ok=True)
-
-
-def _rename(src: Path, dst: Path) -> None:
-    src.rename(dst)
-    _fsync_dir(dst.parent)
-
-
-def _touch_durably(path: Path) -> None:
-    path.touch()
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

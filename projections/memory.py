@@ -10,17 +10,15 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from memsync.config import MemsyncConfig
-from memsync.fold import Fact, MemoryState, graph_view
+from memsync.fold import Fact, MemoryState
 from memsync.stores import (
     Delete,
     DeleteScope,
-    GraphEntity,
-    GraphMemory,
     GraphSnapshot,
     GraphStore,
     Op,
@@ -30,14 +28,34 @@ from memsync.stores import (
     VectorHit,
     VectorPoint,
     VectorStore,
+    expected_graph,
     vector_payload,
 )
 
 
-def _apply(memories: dict[str, MemoryState], ops: Sequence[Op], *, vectors_only: bool) -> None:
-    for op in ops:
+class _LiveMemories(Projection):
+    """What both in-memory stores keep: live memories by id, and the checkpoint."""
+
+    vectors_only: ClassVar[bool]  # keep only the memories that have a vector
+
+    def __init__(self) -> None:
+        self.memories: dict[str, MemoryState] = {}
+        self._checkpoint = 0
+        self._lock = threading.Lock()
+
+    def checkpoint(self) -> int:
+        return self._checkpoint
+
+    def apply(self, ops: Sequence[Op], checkpoint: int) -> None:
+        with self._lock:
+            for op in ops:
+                self._apply(op)
+            self._checkpoint = checkpoint
+
+    def _apply(self, op: Op) -> None:
+        memories = self.memories
         if isinstance(op, Upsert):
-            if vectors_only and op.memory.vector is None:
+            if self.vectors_only and op.memory.vector is None:
                 memories.pop(op.memory.memory_id, None)
             else:
                 memories[op.memory.memory_id] = op.memory
@@ -50,21 +68,6 @@ def _apply(memories: dict[str, MemoryState], ops: Sequence[Op], *, vectors_only:
             assert isinstance(op, Reset)
             memories.clear()
 
-
-class InMemoryVectorStore(VectorStore):
-    def __init__(self) -> None:
-        self.memories: dict[str, MemoryState] = {}
-        self._checkpoint = 0
-        self._lock = threading.Lock()
-
-    def checkpoint(self) -> int:
-        return self._checkpoint
-
-    def apply(self, ops: Sequence[Op], checkpoint: int) -> None:
-        with self._lock:
-            _apply(self.memories, ops, vectors_only=True)
-            self._checkpoint = checkpoint
-
     def ping(self) -> bool:
         return True
 
@@ -72,6 +75,10 @@ class InMemoryVectorStore(VectorStore):
         with self._lock:
             self.memories.clear()
             self._checkpoint = 0
+
+
+class InMemoryVectorStore(_LiveMemories, VectorStore):
+    vectors_only = True
 
     def search(
         self,
@@ -108,51 +115,15 @@ class InMemoryVectorStore(VectorStore):
         return "in-memory vector store"
 
 
-class InMemoryGraphStore(GraphStore):
-    def __init__(self) -> None:
-        self.memories: dict[str, MemoryState] = {}
-        self._checkpoint = 0
-        self._dropped: set[str] = set()
-        self._lock = threading.Lock()
-
-    def checkpoint(self) -> int:
-        return self._checkpoint
-
-    def apply(self, ops: Sequence[Op], checkpoint: int) -> None:
-        with self._lock:
-            _apply(self.memories, ops, vectors_only=False)
-            self._checkpoint = checkpoint
-
-    def ping(self) -> bool:
-        return True
-
-    def wipe(self) -> None:
-        with self._lock:
-            self.memories.clear()
-            self._checkpoint = 0
+class InMemoryGraphStore(_LiveMemories, GraphStore):
+    vectors_only = False
 
     def snapshot(self) -> GraphSnapshot:
-        view = graph_view(list(self.memories.values()))
-        return GraphSnapshot(
-            memories={
-                m.memory_id: GraphMemory(
-                    memory_id=m.memory_id,
-                    text=m.text,
-                    user_id=m.user_id,
-                    agent_id=m.agent_id,
-                    run_id=m.run_id,
-                    version=m.version,
-                    seq=m.seq,
-                )
-                for m in self.memories.values()
-            },
-            entities={
-                key: GraphEntity(key=key, name=name, type=typ, scope_field=field, scope_value=value)
-                for key, (name, typ, field, value) in view.entities.items()
-            },
-            mentions=view.mentions,
-            relates=view.relates,
-        )
+        return expected_graph(self.memories.values())
+
+    def counts(self) -> dict[str, int]:
+        """The snapshot's sizes: the graph is derived from the memories, so it has no duplicates."""
+        return self.snapshot().sizes()
 
     def relations(self, names: Sequence[str], *, scope: tuple[str, str], limit: int = 50) -> list[Fact]:
         wanted = set(names)

@@ -14,10 +14,11 @@ directory resets it to 0. ``apply`` writes the points, flushes the shard (the
 Edge WAL is not synced on every update), and only then replaces the file.
 
 A rebuild fills ``qdrant.rebuild/``, marks it complete, and swaps it in with two
-renames (``qdrant`` -> ``qdrant.old``, ``qdrant.rebuild`` -> ``qdrant``), as the
-LadybugDB graph store does. On open, a crash between the renames is finished
-(the rebuild was marked complete) or undone; a rebuild never marked complete is
-deleted and the old store stays. See docs/vector-store.md.
+renames (``qdrant`` -> ``qdrant.old``, ``qdrant.rebuild`` -> ``qdrant``), with
+the helpers the LadybugDB graph store uses too (:mod:`projections._dirswap`). On
+open, a crash between the renames is finished (the rebuild was marked complete)
+or undone; a rebuild never marked complete is deleted and the old store stays.
+See docs/vector-store.md.
 
 Every engine error becomes a :class:`~memsync.errors.StoreError` in
 :meth:`EdgeVectorStore._errors` (I/O failures a :class:`StoreUnavailable`).
@@ -59,6 +60,7 @@ from memsync.errors import MemsyncError, StoreError, StoreUnavailable
 from memsync.fold import MemoryState
 from memsync.locks import DirLock
 from memsync.stores import Op, Projection, VectorHit, VectorPoint, VectorStore, point_id, vector_payload
+from projections._dirswap import fsync_dir, open_locked, rebuild_dir, swap_in
 from projections._vector_common import (
     INDEXED_FIELDS,
     PAGE,
@@ -73,10 +75,10 @@ from projections._vector_common import (
     check_dimensions,
     plan,
     same_vector,
+    scroll_points,
     search_conditions,
     search_pages,
     to_hits,
-    to_point,
     vector_array,
     with_vectors,
     write_points,
@@ -85,9 +87,6 @@ from projections._vector_common import (
 META_FILE: Final = "memsync.json"
 SHARD_DIR: Final = "shard"
 EDGE_CONFIG: Final = "edge_config.json"  # the engine persists the shard's config there
-REBUILD: Final = "rebuild"
-OLD: Final = "old"
-COMPLETE: Final = "REBUILD-COMPLETE"  # in a rebuild: from here on, a crash finishes the swap
 BULK_BATCH: Final = 4096  # points per write in bulk_load
 
 _DISTANCE: Final = {"cosine": Distance.Cosine, "dot": Distance.Dot, "euclid": Distance.Euclid}
@@ -164,17 +163,13 @@ class EdgeVectorStore(VectorStore):
         return search_pages(page, limit, residual)
 
     def points(self) -> Iterator[VectorPoint]:
-        offset: Any = None
-        while True:
+        def page(offset: Any) -> tuple[list[Any], Any] | None:
             with self._mutex, self._errors("scroll"):
                 shard = self._check_open()
-                if shard is None:
-                    return
                 request = ScrollRequest(offset=offset, limit=PAGE, with_payload=True, with_vector=True)
-                records, offset = shard.scroll(request)
-            yield from map(to_point, records)
-            if offset is None:
-                return
+                return None if shard is None else shard.scroll(request)
+
+        return scroll_points(page)
 
     def count(self) -> int:
         with self._mutex, self._errors("count"):
@@ -201,9 +196,7 @@ class EdgeVectorStore(VectorStore):
             self._check_open()
             if self._fresh is not None:
                 raise StoreError(f"{self.describe()}: a rebuild is already under way")
-            path = _sibling(self.path, REBUILD)
-            shutil.rmtree(path, ignore_errors=True)
-            self._fresh = EdgeVectorStore(path, self._config)
+            self._fresh = EdgeVectorStore(rebuild_dir(self.path), self._config)
             return self._fresh
 
     def commit_rebuild(self, fresh: Projection) -> None:
@@ -212,13 +205,11 @@ class EdgeVectorStore(VectorStore):
             self._check_open()
             fresh._save_meta()  # an empty rebuild still leaves a directory to swap in
             fresh.close()
-            _touch_durably(fresh.path / COMPLETE)
             self._close_shard()
             try:
-                _swap(self.path, fresh.path)
+                swap_in(self.path, fresh.path)  # a step that fails is finished or undone like a crash
             finally:
                 self._fresh = None
-                _recover(self.path)  # a rename that failed here is finished or undone like a crash
                 self._open()
 
     def abort_rebuild(self, fresh: Projection) -> None:
@@ -359,13 +350,7 @@ class EdgeVectorStore(VectorStore):
 def open_edge_store(config: MemsyncConfig) -> EdgeVectorStore:
     """The entry point ``vector.edge``: the store at ``config.vector_path()``, owned by this process."""
     path = config.vector_path()
-    lock = DirLock(path, "Qdrant Edge store").acquire()
-    try:
-        _recover(path)
-        return EdgeVectorStore(path, config.vector, lock=lock)
-    except BaseException:
-        lock.release()
-        raise
+    return open_locked(path, "Qdrant Edge store", lambda lock: EdgeVectorStore(path, config.vector, lock=lock))
 
 
 # ---------------------------------------------------------------- helpers
@@ -415,50 +400,4 @@ def _write_atomic(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sibling(path: Path, suffix: str) -> Path:
-    return path.with_name(f"{path.name}.{suffix}")
-
-
-def _rename(src: Path, dst: Path) -> None:
-    src.rename(dst)
-    _fsync_dir(dst.parent)
-
-
-def _touch_durably(path: Path) -> None:
-    path.touch()
-    _fsync_dir(path.parent)
-
-
-def _swap(path: Path, fresh: Path) -> None:
-    """Put ``fresh`` (marked complete) at ``path``; :func:`_recover` handles a crash half way."""
-    old = _sibling(path, OLD)
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        _rename(path, old)
-    _rename(fresh, path)
-    (path / COMPLETE).unlink()
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover(path: Path) -> None:
-    """Finish or undo a swap a crash cut between its renames, then delete leftovers (under the lock)."""
-    fresh, old = _sibling(path, REBUILD), _sibling(path, OLD)
-    if not path.exists():
-        if (fresh / COMPLETE).exists():
-            _rename(fresh, path)
-        elif old.exists():
-            _rename(old, path)
-    for leftover in (fresh, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    (path / COMPLETE).unlink(missing_ok=True)
+    fsync_dir(path.parent)

@@ -53,10 +53,10 @@ from projections._vector_common import (
     check_dimensions,
     plan,
     same_vector,
+    scroll_points,
     search_conditions,
     search_pages,
     to_hits,
-    to_point,
     vector_array,
     with_vectors,
     write_points,
@@ -169,18 +169,14 @@ class QdrantVectorStore(VectorStore):
         return search_pages(page, limit, residual)
 
     def points(self) -> Iterator[VectorPoint]:
-        offset: Any = None
-        while True:
+        def page(offset: Any) -> tuple[list[Any], Any] | None:
             with self._mutex, self._errors("scroll"):
                 target = self._target()
                 if target is None:
-                    return
-                records, offset = self._client.scroll(
-                    target, limit=PAGE, offset=offset, with_payload=True, with_vectors=True
-                )
-            yield from map(to_point, records)
-            if offset is None:
-                return
+                    return None
+                return self._client.scroll(target, limit=PAGE, offset=offset, with_payload=True, with_vectors=True)
+
+        return scroll_points(page)
 
     def count(self) -> int:
         with self._mutex, self._errors("count"):

@@ -6,32 +6,23 @@ database in ``tmp_path``) and ``neo4j`` (the session's Neo4j 5.26 server, the
 opens another store object on the same data (for close/reopen tests).
 
 :class:`GraphModel` is the specification: live memories by id, whose expected
-graph is :func:`memsync.fold.graph_view` plus the memory nodes.
+graph is :func:`memsync.stores.expected_graph` (``graph_view`` plus the memory nodes).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from memsync.config import GraphConfig, MemsyncConfig
 from memsync.events import Entity, Relation
-from memsync.fold import MemoryState, graph_view, normalize_entities, normalize_relations
-from memsync.stores import (
-    Delete,
-    DeleteScope,
-    GraphEntity,
-    GraphMemory,
-    GraphSnapshot,
-    GraphStore,
-    Op,
-    Reset,
-    Upsert,
-)
+from memsync.fold import MemoryState, normalize_entities, normalize_relations
+from memsync.stores import Delete, DeleteScope, GraphSnapshot, GraphStore, Op, Reset, Upsert, expected_graph
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 GRAPH_BACKENDS = ("ladybug", "neo4j")
@@ -90,32 +81,7 @@ class GraphModel:
                 self.memories.clear()
 
     def snapshot(self) -> GraphSnapshot:
-        return expected_snapshot(self.memories.values())
-
-
-def expected_snapshot(memories: Iterable[MemoryState]) -> GraphSnapshot:
-    live = list(memories)
-    view = graph_view(live)
-    return GraphSnapshot(
-        memories={
-            m.memory_id: GraphMemory(
-                memory_id=m.memory_id,
-                text=m.text,
-                user_id=m.user_id,
-                agent_id=m.agent_id,
-                run_id=m.run_id,
-                version=m.version,
-                seq=m.seq,
-            )
-            for m in live
-        },
-        entities={
-            key: GraphEntity(key=key, name=name, type=typ, scope_field=field, scope_value=value)
-            for key, (name, typ, field, value) in view.entities.items()
-        },
-        mentions=view.mentions,
-        relates=view.relates,
-    )
+        return expected_graph(self.memories.values())
 
 
 def assert_graph(store: GraphStore, expected: GraphSnapshot) -> None:
@@ -125,18 +91,28 @@ def assert_graph(store: GraphStore, expected: GraphSnapshot) -> None:
     assert got.entities == expected.entities
     assert got.mentions == expected.mentions
     assert got.relates == expected.relates
-    counts = graph_counts(store)  # the sets above hide duplicates; raw counts do not
+    assert store.counts() == expected.sizes(), "duplicate nodes or edges"  # the sets above hide them
+    totals = graph_totals(store)  # and nothing else: no stray node or edge of another kind
     nodes = len(expected.memories) + len(expected.entities)
-    assert counts["nodes"] in (nodes, nodes + 1), "duplicate or stray nodes (beyond the checkpoint)"
-    assert counts["edges"] == len(expected.mentions) + len(expected.relates), "duplicate or stray edges"
+    assert totals["nodes"] in (nodes, nodes + 1), "stray nodes (beyond the checkpoint)"
+    assert totals["edges"] == len(expected.mentions) + len(expected.relates), "stray edges"
 
 
-def graph_counts(store: GraphStore) -> dict[str, int]:
-    """Raw node and edge counts (not part of the port: both backends share CypherGraphStore)."""
+def graph_totals(store: GraphStore) -> dict[str, int]:
+    """All nodes (the checkpoint included) and all edges, whatever their label."""
+    nodes, edges = (cypher(store, q)[0][0] for q in ("MATCH (n) RETURN count(n)", "MATCH ()-[r]->() RETURN count(r)"))
+    return {"nodes": int(nodes), "edges": int(edges)}
+
+
+def cypher(
+    store: GraphStore, query: str, params: dict[str, Any] | None = None, *, write: bool = False
+) -> list[list[Any]]:
+    """Raw Cypher in one transaction of the store's engine: to look past the port, or to corrupt the graph."""
     from projections._graph_common import CypherGraphStore
 
     assert isinstance(store, CypherGraphStore)
-    return store.counts()
+    with (store._write if write else store._read)("a test's statement") as tx:
+        return tx.run(query, params)
 
 
 # ---------------------------------------------------------------- random streams

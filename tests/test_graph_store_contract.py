@@ -1,9 +1,9 @@
 """The GraphStore contract, run on every backend (LadybugDB embedded, Neo4j server).
 
 Every test compares the store with :class:`tests.fixtures_graph.GraphModel`:
-``snapshot()`` must equal ``graph_view(live memories)`` plus the memory nodes,
-with no duplicate edges and nothing else in the graph. Backend-specific failure
-tests (rebuild swaps and crashes, locking, server outages) follow the contract.
+``snapshot()`` must equal ``expected_graph(live memories)``, ``counts()`` its
+sizes (no duplicates), and there is nothing else in the graph. Backend-specific
+failure tests (rebuild swaps and crashes, locking, server outages) follow the contract.
 """
 
 # ruff: noqa: F811  (fixtures imported from tests.fixtures_graph are redefined as parameters)
@@ -22,17 +22,20 @@ from pydantic import SecretStr
 
 from memsync.config import GraphConfig, MemsyncConfig
 from memsync.errors import ConfigError, StoreError, StoreLocked, StoreUnavailable
-from memsync.events import normalize_name
-from memsync.stores import Delete, DeleteScope, GraphStore, Op, Reset, Upsert
+from memsync.events import Entity, MemoryAdded, Relation, normalize_name
+from memsync.fold import fold
+from memsync.sqlite_log import SQLiteEventLog
+from memsync.stores import Delete, DeleteScope, GraphStore, Op, Reset, Upsert, expected_graph
+from memsync.verify import verify_store
 from tests.fixtures_graph import (  # noqa: F401  (fixtures: see the module docstring)
     GraphModel,
     RandomStream,
     assert_graph,
-    expected_snapshot,
+    cypher,
     graph_backend,
     graph_config,
-    graph_counts,
     graph_store,
+    graph_totals,
     memory,
     open_graph_store,
 )
@@ -119,7 +122,7 @@ def test_no_orphans(graph_store: GraphStore) -> None:
     apply(graph_store, model, [Upsert(memory("s1", entities=["dan"], version=2, seq=4))], 4)
     assert set(graph_store.snapshot().entities) == {'["user_id","alice","dan"]'}
     apply(graph_store, model, [Delete("s1")], 5)
-    assert graph_counts(graph_store) == {"nodes": 1, "edges": 0}  # just the checkpoint
+    assert graph_totals(graph_store) == {"nodes": 1, "edges": 0}  # just the checkpoint
 
 
 def test_random_stream_matches_model_after_every_batch(graph_store: GraphStore) -> None:
@@ -147,7 +150,7 @@ def test_checkpoint_persists_and_wipe_resets(open_graph_store: Callable[[], Grap
     reopened.wipe()
     assert reopened.checkpoint() == 0
     assert_graph(reopened, GraphModel().snapshot())
-    assert graph_counts(reopened)["nodes"] == 0
+    assert graph_totals(reopened)["nodes"] == 0
 
 
 class Boom(Exception):
@@ -217,7 +220,7 @@ def test_hostile_names_are_data(graph_store: GraphStore) -> None:
     ]
     apply(graph_store, model, [Delete(m.memory_id) for m in hostile], 21)
     apply(graph_store, model, [DeleteScope({"user_id": "user " + HOSTILE[4]})], 22)
-    assert_graph(graph_store, expected_snapshot([bystander]))
+    assert_graph(graph_store, expected_graph([bystander]))
 
 
 def test_relations_within_scope(graph_store: GraphStore) -> None:
@@ -265,7 +268,7 @@ def test_bulk_load_equals_applying_upserts(
     memories = list(stream.live.values())
     graph_store.bulk_load(iter(memories), 600)
     assert graph_store.checkpoint() == 600
-    assert_graph(graph_store, expected_snapshot(memories))
+    assert_graph(graph_store, expected_graph(memories))
     with pytest.raises(StoreError, match="empty"):
         graph_store.bulk_load(iter(memories[:1]), 601)
     model = GraphModel()
@@ -288,7 +291,44 @@ def test_default_rebuild_protocol(graph_store: GraphStore) -> None:
     fresh.bulk_load(iter(new), 9)
     graph_store.commit_rebuild(fresh)
     assert graph_store.checkpoint() == 9
-    assert_graph(graph_store, expected_snapshot(new))
+    assert_graph(graph_store, expected_graph(new))
+
+
+DUPLICATE_MENTION = (
+    "MATCH (m:Memory {memory_id: $id}) WITH m MATCH (e:Entity {key: $key}) CREATE (m)-[:MENTIONS {type: $type}]->(e)"
+)
+
+
+def test_verify_catches_and_repairs_a_duplicate_edge(graph_store: GraphStore, tmp_path: Path) -> None:
+    """A second MENTIONS edge looks like one in the snapshot: counts() shows it, verify reports it, repair drops it."""
+    with SQLiteEventLog(tmp_path / "events.db") as log:
+        log.append(
+            [
+                MemoryAdded(
+                    memory_id="m1",
+                    text="bob likes eve",
+                    user_id="alice",
+                    entities=[Entity(name="Bob", type="person")],
+                    relations=[Relation(source="bob", relation="likes", target="eve")],
+                ),
+                MemoryAdded(memory_id="m2", text="bob again", user_id="alice", entities=[Entity(name="bob")]),
+                MemoryAdded(memory_id="m3", text="no entities", user_id="alice"),
+            ]
+        )
+        graph_store.bulk_load(iter(fold(log.read())), 3)
+        assert verify_store(log, graph_store).ok
+        before = graph_store.snapshot()
+        bob = '["user_id","alice","bob"]'
+        cypher(graph_store, DUPLICATE_MENTION, {"id": "m1", "key": bob, "type": "person"}, write=True)
+        assert graph_store.snapshot() == before  # the sets hide it
+        assert graph_store.counts() == {**before.sizes(), "mentions": len(before.mentions) + 1}
+
+        drift = verify_store(log, graph_store, repair=True)
+        # counts() cannot say which memory holds it: every memory with MENTIONS is stale (not m3)
+        assert drift.to_dict() == {"missing": [], "extra": [], "stale": ["m1", "m2"], "orphans": []}
+        assert verify_store(log, graph_store).ok
+        assert_graph(graph_store, expected_graph(fold(log.read())))
+        assert graph_store.checkpoint() == 3
 
 
 def test_describe_names_the_store(graph_store: GraphStore, graph_backend: str) -> None:
@@ -332,7 +372,7 @@ def test_ladybug_bulk_load_without_pyarrow(ladybug_config: MemsyncConfig, monkey
     store = _ladybug(ladybug_config)
     try:
         store.bulk_load(iter(memories), 200)
-        assert_graph(store, expected_snapshot(memories))
+        assert_graph(store, expected_graph(memories))
         model = GraphModel()
         model.apply([Upsert(m) for m in memories])
         for i, batch in enumerate(stream.batches(100, sizes=(10,)), start=201):
@@ -385,17 +425,17 @@ def test_ladybug_rebuild_swaps_and_aborts(ladybug_config: MemsyncConfig) -> None
         fresh = store.begin_rebuild()
         assert fresh is not store and graph.with_name("graph.rebuild").is_dir()
         fresh.bulk_load(iter([memory("new", entities=["y"])]), 2)
-        assert_graph(store, expected_snapshot(old))  # readers see the old store meanwhile
+        assert_graph(store, expected_graph(old))  # readers see the old store meanwhile
         store.abort_rebuild(fresh)
         assert not graph.with_name("graph.rebuild").exists()
-        assert_graph(store, expected_snapshot(old))
+        assert_graph(store, expected_graph(old))
 
         fresh = store.begin_rebuild()
         new = [memory("new", entities=["y"])]
         fresh.bulk_load(iter(new), 2)
         store.commit_rebuild(fresh)
         assert store.checkpoint() == 2
-        assert_graph(store, expected_snapshot(new))
+        assert_graph(store, expected_graph(new))
         store.apply([Upsert(memory("more"))], 3)  # the swapped-in store is the live one
         assert sorted(p.name for p in graph.parent.iterdir()) == ["graph", "graph.lock"]
     finally:
@@ -417,7 +457,7 @@ def test_ladybug_crash_mid_rebuild(ladybug_config: MemsyncConfig, crash_at: str)
         import os
         from pathlib import Path
         from memsync.config import MemsyncConfig
-        from projections import graph_ladybug
+        from projections import _dirswap, graph_ladybug
         from tests.fixtures_graph import memory
         store = graph_ladybug.open_ladybug_store(MemsyncConfig(data_dir=Path({str(ladybug_config.data_dir)!r})))
         fresh = store.begin_rebuild()
@@ -430,7 +470,7 @@ def test_ladybug_crash_mid_rebuild(ladybug_config: MemsyncConfig, crash_at: str)
             if len(renames) == 2:  # between moving the old store away and the fresh one in
                 os._exit(9)
             src.rename(dst)
-        graph_ladybug._rename = rename_then_crash
+        _dirswap.rename_durably = rename_then_crash
         store.commit_rebuild(fresh)
         """
     )
