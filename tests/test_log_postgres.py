@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -562,7 +563,7 @@ def test_the_constraints_alone_keep_the_log_exact(pg_database: str) -> None:
                     logs[w].append(events)
                     break
                 except LogError:  # the backend gave up after its retries: nothing was recorded, try again
-                    continue
+                    time.sleep(random.uniform(0, 0.02))  # break the symmetry of writers that keep colliding
 
     run_together(writers, work)
     records = list(logs[0].read())
