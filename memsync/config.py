@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -23,8 +23,36 @@ ENV_PREFIX = "MEMSYNC_"
 DEFAULT_CONFIG_FILE = Path("memsync.toml")
 
 
+def redact_url(url: str) -> str:
+    """The URL with any password (``user:pw@`` or ``?password=``) replaced by ***."""
+    url = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """A NUL can reach no path, URL or driver; refuse it here, where the error names the key."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str | PurePath) and "\x00" in str(text):
+            raise ValueError("must not contain a NUL character")
+        return value
+
+    def __repr_args__(self) -> Any:
+        """Like pydantic's, with URL credentials redacted (SecretStr fields already are)."""
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
+
+
+_URL_FIELDS = frozenset({"log_url", "url", "uri"})
 
 
 class VectorConfig(_Section):
@@ -125,6 +153,10 @@ def load_config(
             raise ConfigError(f"config file not found: {path}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path}: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {path}: nested too deeply") from None
+        except OSError as e:  # a directory, no permission, an I/O error
+            raise ConfigError(f"config file {path}: {e.strerror or e}") from None
     for key, value in (env or {}).items():
         keys = key[len(ENV_PREFIX) :].lower().split("__")
         # other tools share the prefix (e.g. test harness settings): only known top-level keys are ours

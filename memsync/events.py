@@ -13,10 +13,12 @@ never renamed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import numbers
+import struct
 import uuid
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -119,11 +121,17 @@ EVENT_TYPES: Final[tuple[str, ...]] = (
     "memories.reset",
 )
 UPDATABLE_FIELDS: Final = ("text", "vector", "metadata", "entities", "relations")
+_UNSTORED: Final = ("vector", "expected_version")  # not part of an event's stored payload
 _EVENT_CLASSES: Final = frozenset(get_args(Event))
 
 
-class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """An event as the log recorded it."""
+class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An event as the log recorded it.
+
+    Not tracked by the garbage collector (``gc=False``): it holds data, never a
+    reference back, so it cannot be part of a cycle, and folds and pages hold
+    many at once, which the collector would otherwise walk again and again.
+    """
 
     seq: int
     event: Event
@@ -166,7 +174,10 @@ def format_time(t: datetime) -> str:
     """Fixed-width RFC 3339 UTC with microseconds; sorts lexically."""
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    t = t.astimezone(UTC)
+    if t.year >= 1000:  # then isoformat writes the same, twice as fast (strftime does not pad years < 1000)
+        return t.isoformat(timespec="microseconds")[:-6] + "Z"
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_time(text: str, *, field: str = "time") -> datetime:
@@ -244,11 +255,16 @@ def check_event(event: Event) -> Event:
     Returns the event as the decoder would have produced it (ints in a vector
     become floats), so a recorded payload always decodes again.
     """
+    return checked_event(event)[0]
+
+
+def checked_event(event: Event) -> tuple[Event, bytes | None]:
+    """:func:`check_event`, and the event's vector packed as float32 (checked once, stored as is)."""
     if type(event) not in _EVENT_CLASSES:
         raise InputError(f"not an event: {type(event).__name__} (known types: {', '.join(EVENT_TYPES)})", field="type")
     data = msgspec.structs.asdict(event)
     vector = data.get("vector")
-    if vector is not None and not (type(vector) is list and all(type(x) is float for x in vector)):
+    if vector is not None and type(vector) is not list:
         data["vector"] = _float_list(vector)
     for key in ("metadata", "entities", "relations"):  # nested values are checked as plain data
         if data.get(key) is not None:
@@ -257,10 +273,16 @@ def check_event(event: Event) -> Event:
             except (TypeError, ValueError) as e:
                 raise InputError(f"`{key}` cannot be stored as JSON: {e}", field=key) from None
     try:
-        checked: Event = msgspec.convert(data, type(event))
+        checked: Event = msgspec.convert(data, type(event))  # ints in a list[float] become floats here
     except msgspec.ValidationError as e:
-        raise InputError(_describe(e), field=_field_of(e)) from None
-    return validate(checked)
+        if data.get("vector") is None:
+            raise InputError(_describe(e), field=_field_of(e)) from None
+        data["vector"] = _float_list(data["vector"])  # numpy scalars and other reals, then check again
+        try:
+            checked = msgspec.convert(data, type(event))
+        except msgspec.ValidationError as e:
+            raise InputError(_describe(e), field=_field_of(e)) from None
+    return checked, _validate(checked, None)
 
 
 def _float_list(vector: Any) -> Any:
@@ -313,6 +335,13 @@ def _field_of(e: msgspec.ValidationError) -> str | None:
 
 def validate(event: Event, *, line: int | None = None) -> Event:
     """Check the rules types cannot express; return the event unchanged."""
+    _validate(event, line)
+    return event
+
+
+def _validate(event: Event, line: int | None) -> bytes | None:
+    """:func:`validate`; returns the event's vector packed as float32 (None without one)."""
+    packed = None
 
     def fail(field: str, message: str) -> InputError:
         return InputError(f"`{field}` {message}", line=line, field=field)
@@ -336,7 +365,7 @@ def validate(event: Event, *, line: int | None = None) -> Event:
         if event.text is not None and not event.text.strip():
             raise fail("text", "must not be empty")
         if event.vector is not None:
-            _check_vector(event.vector, fail)
+            packed = _packed_vector(event.vector, fail)
         bad = _first_non_finite(event.metadata, "metadata")
         if bad is not None:
             raise fail(bad, "is NaN or Infinity, which JSON cannot carry")
@@ -349,16 +378,21 @@ def validate(event: Event, *, line: int | None = None) -> Event:
                     raise fail(f"relations[{i}].{part}", "must not be empty")
     if isinstance(event, MemoriesDeleted) and not any(getattr(event, f) for f in SCOPE_FIELDS):
         raise fail("user_id", "or `agent_id` or `run_id` is required for memories.deleted")
-    return event
+    return packed
 
 
-def _check_vector(vector: Sequence[float], fail: Any) -> None:
+def _packed_vector(vector: Sequence[float], fail: Any) -> bytes:
     if not vector:
         raise fail("vector", "must not be empty")
-    packed = array("f", vector)
-    if not all(map(math.isfinite, packed)):
-        bad = next(i for i, x in enumerate(packed) if not math.isfinite(x))
+    try:  # struct refuses what float32 cannot hold; a float64 sum is finite only if every value is
+        packed = struct.pack(f"<{len(vector)}f", *vector)
+        finite = math.isfinite(sum(vector))
+    except OverflowError:
+        finite = False
+    if not finite:
+        bad = next(i for i, x in enumerate(array("f", vector)) if not math.isfinite(x))
         raise fail(f"vector[{bad}]", f"is not a finite float32 value: {vector[bad]!r}")
+    return packed
 
 
 def pack_vector(vector: Sequence[float]) -> bytes:
@@ -375,6 +409,7 @@ def unpack_vector(data: bytes) -> list[float]:
 # ---------------------------------------------------------------- names
 
 
+@functools.lru_cache(maxsize=1 << 16)  # folds normalize the same few names again and again
 def normalize_name(name: str) -> str:
     """Trimmed, lower-case, inner whitespace collapsed."""
     return " ".join(name.split()).lower()
@@ -388,12 +423,11 @@ def payload_bytes(event: Event) -> bytes:
 
     The vector is stored and hashed as float32 bytes; ``expected_version`` is
     a precondition of the append, not part of the fact, so it is not stored.
+    The bytes are the event's JSON object with sorted keys (``type`` included)
+    and no unset field: the struct's own encoding, as every field defaults to None.
     """
-    fields = {name: getattr(event, name) for name in event.__struct_fields__}
-    fields.pop("vector", None)
-    fields.pop("expected_version", None)
-    fields["type"] = event_type(event)
-    return _canonical.encode({k: v for k, v in fields.items() if v is not None})
+    unstored = {name: None for name in _UNSTORED if getattr(event, name, None) is not None}
+    return _canonical.encode(msgspec.structs.replace(event, **unstored) if unstored else event)
 
 
 def chain_hash(

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import numbers
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -41,10 +43,10 @@ from memsync.events import (
     MemoryUpdated,
     RecordedEvent,
     Relation,
+    check_event,
     format_time,
     normalize_name,
     parse_time,
-    validate,
 )
 from memsync.fold import MemoryState, State, fold
 from memsync.history import memory_history
@@ -130,7 +132,7 @@ class Memory:
         vectors = self._vectors([t for t, _ in items], vector)
         events: list[Event] = []
         for (text, role), vec in zip(items, vectors, strict=True):
-            meta = dict(metadata or {})
+            meta = _as_dict(metadata, "metadata") if metadata is not None else {}
             if role is not None:
                 meta.setdefault("role", role)
             if vector is None and vec is not None and self.embedder is not None:
@@ -138,7 +140,7 @@ class Memory:
                 meta[EMBEDDING_DIM_KEY] = self.embedder.dimension
             ents, rels = self._extract(text, entities, relations)
             events.append(
-                validate(
+                check_event(
                     MemoryAdded(
                         memory_id=memory_id or str(uuid.uuid4()),
                         text=text,
@@ -165,6 +167,10 @@ class Memory:
         Validated together: one bad item raises an error naming its index and nothing is recorded.
         """
         events: list[Event] = []
+        items = _as_list(items, "items")
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise InputError(f"item {index}: must be a mapping of add's keywords", index=index)
         texts = [str(item.get("text", "")) for item in items]
         need = [i for i, item in enumerate(items) if item.get("vector") is None]
         embedded = self._embed([texts[i] for i in need]) if need and self.embedder else []
@@ -182,7 +188,7 @@ class Memory:
                     meta[EMBEDDING_DIM_KEY] = self.embedder.dimension
                 ents, rels = self._extract(texts[index], item.get("entities"), item.get("relations"))
                 events.append(
-                    validate(
+                    check_event(
                         MemoryAdded(
                             memory_id=item.get("memory_id") or str(uuid.uuid4()),
                             text=texts[index],
@@ -253,8 +259,10 @@ class Memory:
     ) -> dict[str, Any]:
         """Update one memory; each given field replaces the old value."""
         current = self._state(memory_id)
-        new_vector = list(vector) if vector is not None else None
-        meta = dict(metadata) if metadata is not None else None
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"`text` must be a string, not {type(text).__name__}", field="text")
+        new_vector = _as_list(vector, "vector") if vector is not None else None
+        meta = _as_dict(metadata, "metadata") if metadata is not None else None
         if text is not None and new_vector is None and self.embedder is not None:
             new_vector = self._embed([text])[0]
             meta = dict(meta if meta is not None else (current.metadata if current else {}))
@@ -268,7 +276,7 @@ class Memory:
             extracted_entities, extracted_relations = self._extract(text, None, None)
             entities, relations = extracted_entities, extracted_relations
         ents, rels = entities, relations
-        event = validate(
+        event = check_event(
             MemoryUpdated(
                 memory_id=memory_id,
                 text=text,
@@ -304,7 +312,7 @@ class Memory:
         actor: str | None = None,
         reason: str | None = None,
     ) -> dict[str, Any]:
-        if not (user_id or agent_id or run_id):
+        if not _scope_fields(user_id, agent_id, run_id):
             raise InputError(
                 "delete_all needs at least one of user_id, agent_id, run_id; use reset() to delete everything",
                 field="user_id",
@@ -333,6 +341,7 @@ class Memory:
         limit: int = 100,
     ) -> dict[str, Any]:
         scope = _scope(user_id, agent_id, run_id, "get_all")
+        filters, limit = _filters(filters), _limit(limit)
         memories = [m for m in self._scoped_states(scope) if _metadata_matches(m, filters)]
         memories.sort(key=lambda m: (m.updated_at, m.seq), reverse=True)
         return {"results": [_item(m) for m in memories[:limit]]}
@@ -350,12 +359,15 @@ class Memory:
     ) -> dict[str, Any]:
         """Vector hits within the scope, plus the graph facts around the matched entities."""
         scope = _scope(user_id, agent_id, run_id, "search")
+        filters, limit = _filters(filters), _limit(limit)
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
+            raise InputError(f"`threshold` must be a number, not {type(threshold).__name__}", field="threshold")
         if isinstance(query, str):
             if self.embedder is None:
                 raise InputError("search by text needs an embedder (or pass a vector)", field="query")
             vector = self._embed([query])[0]
         else:
-            vector = [float(x) for x in query]
+            vector = _floats(query, "query")
         store = self.system.store("vector")
         assert isinstance(store, VectorStore)
         hits = store.search(vector, scope=scope, filters=dict(filters or {}), limit=limit, threshold=threshold)
@@ -367,6 +379,7 @@ class Memory:
         return {"results": results, "relations": self._relations_for(query, scope, [h.memory_id for h in hits])}
 
     def history(self, memory_id: str) -> list[dict[str, Any]]:
+        _check_memory_id(memory_id)
         entries = memory_history(memory_id, self.system.log.read_stream(memory_id))
         for entry in entries:
             entry["id"] = entry["event_id"]
@@ -422,6 +435,7 @@ class Memory:
                     )
 
     def _state(self, memory_id: str) -> MemoryState | None:
+        _check_memory_id(memory_id)
         return fold(self.system.log.read_stream(memory_id)).memories.get(memory_id)
 
     def _scoped_states(self, scope: dict[str, str]) -> list[MemoryState]:
@@ -442,7 +456,7 @@ class Memory:
 
     def _vectors(self, texts: list[str], vector: Sequence[float] | None) -> list[list[float] | None]:
         if vector is not None:
-            return [[float(x) for x in vector]]
+            return [_as_list(vector, "vector")]
         if self.embedder is None:
             return [None] * len(texts)
         return list(self._embed(texts))
@@ -576,7 +590,7 @@ def _texts(value: str | Sequence[Mapping[str, Any]]) -> list[tuple[str, str | No
     if isinstance(value, str):
         return [(value, None)]
     out = []
-    for i, message in enumerate(value):
+    for i, message in enumerate(_as_list(value, "messages")):
         if not isinstance(message, Mapping) or not isinstance(message.get("content"), str):
             raise InputError(f"messages[{i}] must be {{'role': ..., 'content': str}}", field=f"messages[{i}]")
         if message.get("role") != "system" and message["content"].strip():
@@ -587,15 +601,24 @@ def _texts(value: str | Sequence[Mapping[str, Any]]) -> list[tuple[str, str | No
 
 
 def _scope(user_id: str | None, agent_id: str | None, run_id: str | None, verb: str) -> dict[str, str]:
-    scope = {k: v for k, v in (("user_id", user_id), ("agent_id", agent_id), ("run_id", run_id)) if v}
+    scope = _scope_fields(user_id, agent_id, run_id)
     if not scope:
         raise InputError(f"{verb} needs at least one of user_id, agent_id, run_id", field="user_id")
     return scope
 
 
+def _scope_fields(user_id: Any, agent_id: Any, run_id: Any) -> dict[str, str]:
+    """The given scope fields (empty ones dropped); each must be a string."""
+    given = {k: v for k, v in (("user_id", user_id), ("agent_id", agent_id), ("run_id", run_id)) if v is not None}
+    for key, value in given.items():
+        if not isinstance(value, str):
+            raise InputError(f"`{key}` must be a string, not {type(value).__name__}", field=key)
+    return {k: v for k, v in given.items() if v}
+
+
 def _entities(values: Sequence[EntityLike]) -> list[Entity]:
     out = []
-    for i, value in enumerate(values):
+    for i, value in enumerate(_as_list(values, "entities")):
         if isinstance(value, Entity):
             out.append(value)
         elif isinstance(value, str):
@@ -609,7 +632,7 @@ def _entities(values: Sequence[EntityLike]) -> list[Entity]:
 
 def _relations(values: Sequence[RelationLike]) -> list[Relation]:
     out: list[Relation] = []
-    for i, value in enumerate(values):
+    for i, value in enumerate(_as_list(values, "relations")):
         if isinstance(value, Relation):
             out.append(value)
         elif isinstance(value, Mapping):
@@ -626,6 +649,47 @@ def _relations(values: Sequence[RelationLike]) -> list[Relation]:
         else:
             raise InputError(f"relations[{i}] must be (source, relation, target)", field=f"relations[{i}]")
     return out
+
+
+def _as_list(value: Any, field: str) -> list[Any]:
+    """A list from a list-like argument (list, tuple, numpy array); anything else is an InputError."""
+    if isinstance(value, str | bytes | Mapping | Set) or not isinstance(value, Iterable):
+        raise InputError(f"`{field}` must be a list, not {type(value).__name__}", field=field)
+    return list(value)
+
+
+def _as_dict(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InputError(f"`{field}` must be a mapping, not {type(value).__name__}", field=field)
+    return dict(value)
+
+
+def _floats(value: Any, field: str) -> list[float]:
+    values = _as_list(value, field)
+    if not values or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in values):
+        raise InputError(f"`{field}` must be a non-empty list of numbers", field=field)
+    out = [float(x) for x in values]
+    if not all(map(math.isfinite, out)):
+        raise InputError(f"`{field}` must hold finite numbers", field=field)
+    return out
+
+
+def _filters(value: Any) -> dict[str, Any]:
+    filters = _as_dict(value, "filters") if value is not None else {}
+    if not all(isinstance(k, str) for k in filters):
+        raise InputError("`filters` keys must be strings", field="filters")
+    return filters
+
+
+def _limit(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"`limit` must be a non-negative integer, not {value!r}", field="limit")
+    return value
+
+
+def _check_memory_id(memory_id: Any) -> None:
+    if not isinstance(memory_id, str):
+        raise InputError(f"`memory_id` must be a string, not {type(memory_id).__name__}", field="memory_id")
 
 
 def _fact(rel: Any) -> dict[str, str]:

@@ -32,8 +32,12 @@ from memsync.events import (
 Fact = tuple[str, str, str]
 
 
-class MemoryState(msgspec.Struct, frozen=True, kw_only=True):
-    """One live memory as of ``seq`` (the last event that touched it)."""
+class MemoryState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One live memory as of ``seq`` (the last event that touched it).
+
+    ``gc=False`` as :class:`~memsync.events.RecordedEvent`: plain data, and a
+    fold holds every live memory.
+    """
 
     memory_id: str
     text: str
@@ -100,11 +104,17 @@ def scope_of(event: MemoriesDeleted) -> dict[str, str]:
 
 
 class State:
-    """Live memories by id, and the last seq applied."""
+    """Live memories by id, and the last seq applied.
+
+    Change it through :meth:`apply` and :meth:`put` (``memories`` is for
+    reading): a delete-all finds its memories through an index by scope field,
+    built at the first delete-all and kept up to date by those two methods.
+    """
 
     def __init__(self, memories: dict[str, MemoryState] | None = None) -> None:
         self.memories: dict[str, MemoryState] = memories if memories is not None else {}
         self.seq = 0
+        self._by_scope: dict[tuple[str, str], set[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.memories)
@@ -112,30 +122,63 @@ class State:
     def __iter__(self) -> Iterator[MemoryState]:
         return iter(self.memories.values())
 
+    def put(self, memory: MemoryState) -> None:
+        """Set one memory's state (e.g. folded from its own stream)."""
+        self._drop(memory.memory_id)
+        self.memories[memory.memory_id] = memory
+        if self._by_scope is not None:
+            self._index(memory)
+
     def apply(self, record: RecordedEvent) -> list[str]:
         """Apply one recorded event; return the memory ids it changed."""
         event = record.event
         self.seq = record.seq
         if isinstance(event, MemoryAdded):
-            self.memories[event.memory_id] = _added(record, event)
+            self.put(_added(record, event))
             return [event.memory_id]
         if isinstance(event, MemoryUpdated):
             old = self.memories.get(event.memory_id)
-            if old is not None:
+            if old is not None:  # the scope never changes: the index stays right
                 self.memories[event.memory_id] = _updated(old, record, event)
             return [event.memory_id]
         if isinstance(event, MemoryDeleted):
-            self.memories.pop(event.memory_id, None)
+            self._drop(event.memory_id)
             return [event.memory_id]
         if isinstance(event, MemoriesDeleted):
-            scope = scope_of(event)
-            gone = [m.memory_id for m in self.memories.values() if m.matches(scope)]
-        else:
-            assert isinstance(event, MemoriesReset)
-            gone = list(self.memories)
-        for memory_id in gone:
-            del self.memories[memory_id]
+            gone = self._matching(scope_of(event))
+            for memory_id in gone:
+                self._drop(memory_id)
+            return gone
+        assert isinstance(event, MemoriesReset)
+        gone = list(self.memories)
+        self.memories.clear()
+        self._by_scope = None
         return gone
+
+    def _matching(self, scope: dict[str, str]) -> list[str]:
+        """The live memories a delete-all of ``scope`` removes (sorted by id)."""
+        if self._by_scope is None:
+            self._by_scope = {}
+            for memory in self.memories.values():
+                self._index(memory)
+        candidates = min((self._by_scope.get(item, set()) for item in scope.items()), key=len, default=set())
+        return sorted(m for m in candidates if self.memories[m].matches(scope))
+
+    def _index(self, memory: MemoryState) -> None:
+        assert self._by_scope is not None
+        for field in SCOPE_FIELDS:
+            value = getattr(memory, field)
+            if value:
+                self._by_scope.setdefault((field, value), set()).add(memory.memory_id)
+
+    def _drop(self, memory_id: str) -> None:
+        memory = self.memories.pop(memory_id, None)
+        if memory is None or self._by_scope is None:
+            return
+        for field in SCOPE_FIELDS:
+            value = getattr(memory, field)
+            if value:
+                self._by_scope[(field, value)].discard(memory_id)
 
 
 def _added(record: RecordedEvent, event: MemoryAdded) -> MemoryState:
@@ -166,7 +209,7 @@ def _updated(old: MemoryState, record: RecordedEvent, event: MemoryUpdated) -> M
         changes["text"] = event.text
     if event.metadata is not None:
         changes["metadata"] = dict(event.metadata)
-    if event.vector is not None:
+    if event.vector is not None or record.vector_f32 is not None:  # replayed events carry only the bytes
         changes["vector"] = _vector_bytes(record, event.vector)
     if event.entities is not None:
         changes["entities"] = normalize_entities(event.entities)

@@ -13,7 +13,7 @@ primitives.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -31,12 +31,11 @@ from memsync.events import (
     MemoryUpdated,
     RecordedEvent,
     chain_hash,
-    check_event,
+    checked_event,
     decode_payload,
     event_type,
     format_time,
     new_event_id,
-    pack_vector,
     parse_time,
     payload_bytes,
     utcnow,
@@ -147,6 +146,17 @@ class EventLog(ABC):
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
         """Events with ``seq > after`` in seq order, streamed in pages."""
 
+    def replay(self, after: int = 0, limit: int | None = None, *, vectors: bool = True) -> Iterator[RecordedEvent]:
+        """:meth:`read` for folding (projections, rebuilds): events carry no vector list.
+
+        A vector is in the record's ``vector_f32`` bytes only — all
+        :func:`memsync.fold.fold` uses — and not even there without ``vectors``
+        (a graph needs none). Backends override this to skip decoding vectors at
+        all; this default strips what :meth:`read` decoded.
+        """
+        for record in self.read(after, limit):
+            yield _replayed(record, vectors)
+
     @abstractmethod
     def read_stream(self, memory_id: str, *, until_seq: int | None = None) -> list[RecordedEvent]:
         """Every event of one memory's stream (bulk deletes included), in order."""
@@ -154,6 +164,22 @@ class EventLog(ABC):
     @abstractmethod
     def read_streams(self, memory_ids: Sequence[str], *, until_seq: int) -> Iterator[RecordedEvent]:
         """Events of several streams with ``seq <= until_seq``, in seq order, each once."""
+
+    def replay_streams(
+        self, memory_ids: Sequence[str], *, until_seq: int, vectors: bool = True
+    ) -> Iterator[RecordedEvent]:
+        """:meth:`read_streams` for folding: records as :meth:`replay` gives them."""
+        for record in self.read_streams(memory_ids, until_seq=until_seq):
+            yield _replayed(record, vectors)
+
+    def memory_ids(self, until_seq: int) -> list[str]:
+        """Ids of the memories that may be live at ``until_seq``, sorted: at least every one that is.
+
+        Folding their streams up to ``until_seq`` gives exactly the live state then.
+        This default collects every memory with an event up to ``until_seq``.
+        """
+        records = self.replay(limit=until_seq, vectors=False)
+        return sorted({r.memory_id for r in records if r.memory_id is not None})
 
     @abstractmethod
     def query(
@@ -215,6 +241,15 @@ class EventLog(ABC):
         self.close()
 
 
+def _replayed(record: RecordedEvent, vectors: bool) -> RecordedEvent:
+    """``record`` as :meth:`EventLog.replay` gives it."""
+    if getattr(record.event, "vector", None) is not None:
+        record = msgspec.structs.replace(record, event=msgspec.structs.replace(record.event, vector=None))
+    if not vectors and record.vector_f32 is not None:
+        record = msgspec.structs.replace(record, vector_f32=None)
+    return record
+
+
 def audit_rows(rows: Iterable[StoredRow], head: Head) -> AuditReport:
     expected_seq, prev = 1, GENESIS_HASH
     checked = 0
@@ -266,6 +301,106 @@ class AppendTx(Protocol):
         ...
 
 
+class AppendBatch:
+    """:class:`AppendTx` for all the calls of one group commit, over state read once.
+
+    The backend, inside its write transaction and holding the append lock, reads
+    what the calls will ask about and hands it to :meth:`prime` (the head, the
+    dimension, the recorded events with the calls' event_ids, the memory rows
+    of the calls' memories); ``load_live`` reads the live memory rows of a scope
+    from the database. Each call then runs :func:`plan_append` between
+    :meth:`begin` and, when refused, :meth:`discard`, against that state plus an
+    overlay of what earlier calls recorded, so no savepoints are needed; the
+    backend writes what :meth:`take` returns (between calls or at the end). This
+    is exact because nobody else writes while the lock is held.
+    """
+
+    def __init__(self, load_live: Callable[[dict[str, str] | None], list[MemoryRow]]) -> None:
+        self._load_live = load_live
+        self._head = Head(0, GENESIS_HASH)
+        self._dimension: int | None = None
+        self._stored_events: dict[str, StoredRow] = {}
+        self._stored_memories: dict[str, MemoryRow] = {}
+        self._events: dict[str, StoredRow] = {}  # what this batch recorded
+        self._memories: dict[str, MemoryRow] = {}
+        self._rows: list[StoredRow] = []  # not yet taken
+        self._touched: list[tuple[MemoryRow, int]] = []
+        self._new_dimension: int | None = None
+        self._undo: list[tuple[str, MemoryRow | None]] = []
+        self._mark: tuple[int, int, Head, int | None, int | None] = (0, 0, self._head, None, None)
+
+    def prime(
+        self, head: Head, dimension: int | None, events: Iterable[StoredRow], memories: Iterable[MemoryRow]
+    ) -> None:
+        self._head, self._dimension = head, dimension
+        self._stored_events = {row.event_id: row for row in events}
+        self._stored_memories = {row.memory_id: row for row in memories}
+
+    def begin(self) -> None:
+        """A call starts: remember where to go back to if it is refused."""
+        self._undo.clear()
+        self._mark = (len(self._rows), len(self._touched), self._head, self._dimension, self._new_dimension)
+
+    def discard(self) -> None:
+        """Forget what the current call recorded: it was refused."""
+        rows, touched, self._head, self._dimension, self._new_dimension = self._mark
+        for row in self._rows[rows:]:
+            del self._events[row.event_id]
+        for memory_id, previous in reversed(self._undo):
+            if previous is None:
+                del self._memories[memory_id]
+            else:
+                self._memories[memory_id] = previous
+        del self._rows[rows:], self._touched[touched:]
+        self._undo.clear()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._rows)
+
+    def take(self) -> tuple[list[StoredRow], list[tuple[MemoryRow, int]], int | None]:
+        """The rows to write (event rows; memory rows with the seq that changed them; a new dimension)."""
+        out = (self._rows, self._touched, self._new_dimension)
+        self._rows, self._touched, self._new_dimension = [], [], None
+        self._mark = (0, 0, self._head, self._dimension, None)
+        return out
+
+    # ---- AppendTx
+
+    def head(self) -> Head:
+        return self._head
+
+    def find_event(self, event_id: str) -> RecordedEvent | None:
+        row = self._events.get(event_id) or self._stored_events.get(event_id)
+        return row.to_record() if row is not None else None
+
+    def memory(self, memory_id: str) -> MemoryRow | None:
+        found = self._memories.get(memory_id)
+        return found if found is not None else self._stored_memories.get(memory_id)
+
+    def live_memories(self, scope: dict[str, str] | None) -> list[MemoryRow]:
+        merged = {row.memory_id: row for row in self._load_live(scope)}
+        merged.update(self._memories)  # what the batch changed wins
+        wanted = (scope or {}).items()
+        in_scope = (r for r in merged.values() if r.live and all(getattr(r, k) == v for k, v in wanted))
+        return sorted((msgspec.structs.replace(r) for r in in_scope), key=lambda r: r.memory_id)  # copies: changed
+
+    def dimension(self) -> int | None:
+        return self._dimension
+
+    def set_dimension(self, dimension: int) -> None:
+        self._dimension = self._new_dimension = dimension
+
+    def insert(self, row: StoredRow, touched: list[MemoryRow]) -> None:
+        self._rows.append(row)
+        self._events[row.event_id] = row
+        self._head = Head(row.seq, row.hash)
+        for memory in touched:
+            self._undo.append((memory.memory_id, self._memories.get(memory.memory_id)))
+            self._memories[memory.memory_id] = memory = msgspec.structs.replace(memory)
+            self._touched.append((memory, row.seq))
+
+
 class Recorded(msgspec.Struct, frozen=True, kw_only=True):
     """Given fields of an imported record (``None`` when appending fresh)."""
 
@@ -276,9 +411,43 @@ class Recorded(msgspec.Struct, frozen=True, kw_only=True):
     hash: str
 
 
+class Prepared(msgspec.Struct, frozen=True, kw_only=True):
+    """A call's events checked and encoded once, by :func:`prepare`, before any lock is taken."""
+
+    events: list[Event]  # checked, each with its event_id
+    payloads: list[bytes]  # the stored payload of each
+    vectors: list[bytes | None]  # float32 bytes of each vector
+    fresh: list[bool]  # the event_id was made here, so the event cannot be recorded yet
+
+
+def prepare(events: Sequence[Event]) -> Prepared:
+    """Check and encode ``events`` (the costly part of an append, which needs no state).
+
+    A backend calls it in the appending thread, outside its write lock, so the
+    threads waiting for a group commit do this work while the leader commits.
+    Raises :class:`~memsync.errors.InputError` naming the event's index.
+    """
+    checked: list[Event] = []
+    payloads: list[bytes] = []
+    vectors: list[bytes | None] = []
+    fresh: list[bool] = []
+    for index, event in enumerate(events):
+        try:
+            event, packed = checked_event(event)
+        except InputError as e:
+            raise InputError(e.detail, index=index, field=e.field) from None
+        fresh.append(event.event_id is None)
+        if event.event_id is None:
+            event = msgspec.structs.replace(event, event_id=new_event_id())
+        checked.append(event)
+        payloads.append(payload_bytes(event))
+        vectors.append(packed)
+    return Prepared(events=checked, payloads=payloads, vectors=vectors, fresh=fresh)
+
+
 def plan_append(
     tx: AppendTx,
-    events: Sequence[Event],
+    events: Sequence[Event] | Prepared,
     *,
     expected_version: int | None = None,
     imported: Sequence[Recorded] | None = None,
@@ -287,33 +456,33 @@ def plan_append(
     """Validate ``events`` against the log's state and insert them in order.
 
     Runs inside the backend's transaction; raising aborts the whole call.
+    ``events`` may come :func:`prepare`-d already.
     """
-    events = [_checked(index, event) for index, event in enumerate(events)]
-    call_memory = _call_memory(events) if expected_version is not None else None
+    call = events if isinstance(events, Prepared) else prepare(events)
+    call_memory = _call_memory(call.events) if expected_version is not None else None
     head = tx.head()
     now = format_time(utcnow())
+    recorded_at = parse_time(now)
     out: list[RecordedEvent] = []
     seen: dict[str, RecordedEvent] = {}
     pending: dict[str, MemoryRow] = {}
-    for index, event in enumerate(events):
+    for index, event in enumerate(call.events):
         given = imported[index] if imported is not None else None
-        if event.event_id is not None:
-            original = seen.get(event.event_id) or tx.find_event(event.event_id)
+        event_id = event.event_id or ""  # set by prepare()
+        if not call.fresh[index]:
+            original = seen.get(event_id) or tx.find_event(event_id)
             if original is not None and given is None:
                 out.append(original)
                 continue
             if original is not None:
-                raise InputError(f"`event_id` {event.event_id} is already recorded", index=index, field="event_id")
+                raise InputError(f"`event_id` {event_id} is already recorded", index=index, field="event_id")
         if call_memory is not None:
             # checked at the first event not yet recorded, so a retried call is idempotent
             _check_call_version(tx, call_memory, expected_version or 0)
             call_memory = None
-        event_id = event.event_id or new_event_id()
-        if event.event_id is None:
-            event = msgspec.structs.replace(event, event_id=event_id)
         try:
             touched, version = _apply_rules(tx, event, pending, fixed_dimension)
-            row = _stored_row(head, event, version, touched, now, given)
+            row = _stored_row(head, event, version, touched, now, given, call.payloads[index], call.vectors[index])
         except ConflictError as e:
             raise ConflictError(e.memory_id or "", e.expected, e.actual, index=index) from None
         except CommandRefused as e:
@@ -329,7 +498,7 @@ def plan_append(
             event=event,
             event_id=event_id,
             version=version,
-            recorded_at=parse_time(row.recorded_at),
+            recorded_at=recorded_at if given is None else parse_time(row.recorded_at),
             prev_hash=row.prev_hash,
             hash=row.hash,
             vector_f32=row.vector,
@@ -343,15 +512,15 @@ def record_payload(event: Event) -> bytes:
     return payload_bytes(event)
 
 
-def _checked(index: int, event: Event) -> Event:
-    try:
-        return check_event(event)
-    except InputError as e:
-        raise InputError(e.detail, index=index, field=e.field) from None
-
-
 def _stored_row(
-    head: Head, event: Event, version: int | None, touched: list[MemoryRow], now: str, given: Recorded | None
+    head: Head,
+    event: Event,
+    version: int | None,
+    touched: list[MemoryRow],
+    now: str,
+    given: Recorded | None,
+    payload: bytes,
+    packed: bytes | None,
 ) -> StoredRow:
     """The row to store for ``event``; for an imported record, check it continues the chain."""
     seq = head.seq + 1
@@ -364,9 +533,6 @@ def _stored_row(
             raise InputError(f"`version` {given.version} does not match the log's version {version}", field="version")
         if given.prev_hash is not None and given.prev_hash != head.hash:
             raise InputError("`prev_hash` does not match the previous event's hash", field="prev_hash")
-    vector = getattr(event, "vector", None)
-    packed = None if vector is None else pack_vector(vector)
-    payload = record_payload(event)
     digest = chain_hash(head.hash, seq=seq, version=version, recorded_at=recorded_at, payload=payload, vector=packed)
     if given is not None and given.hash != digest:
         raise InputError(f"`hash` of seq {seq} does not match its content (tampered export?)", field="hash")

@@ -30,7 +30,7 @@ from tenacity import (
 
 from memsync.config import ProjectorConfig
 from memsync.errors import MemsyncError, StoreError, StoreUnavailable
-from memsync.events import MemoriesDeleted, MemoriesReset, MemoryAdded, RecordedEvent
+from memsync.events import MemoriesDeleted, MemoriesReset, MemoryUpdated, RecordedEvent
 from memsync.fold import MemoryState, State, fold, scope_of
 from memsync.hooks import Hooks
 from memsync.log import EventLog
@@ -85,24 +85,22 @@ def _runs(records: Sequence[RecordedEvent]) -> Iterator[tuple[int, Any]]:
 
 
 def _load_bases(log: EventLog, run: list[RecordedEvent], start: int, state: State, known: set[str]) -> None:
-    """Fold the pre-batch state of memories the run changes without adding them first."""
+    """Fold the pre-batch state of memories the run updates before (re-)adding or deleting them."""
     needed: dict[str, None] = {}
-    seen: set[str] = set()
     for record in run:
         memory_id = record.memory_id
-        if memory_id is None or memory_id in seen or memory_id in known:
+        if memory_id is None or memory_id in known:
             continue
-        seen.add(memory_id)
-        if not isinstance(record.event, MemoryAdded):
+        known.add(memory_id)  # from here on, `state` is right about it
+        if isinstance(record.event, MemoryUpdated):  # an add or a delete does not need what was before
             needed[memory_id] = None
     if not needed:
         return
-    base = fold(log.read_streams(list(needed), until_seq=start - 1))
+    base = fold(log.replay_streams(list(needed), until_seq=start - 1))
     for memory_id in needed:
         found = base.memories.get(memory_id)
         if found is not None:
-            state.memories[memory_id] = found
-        known.add(memory_id)
+            state.put(found)
 
 
 def _flush(state: State, touched: dict[str, None], ops: list[Op]) -> None:
@@ -114,7 +112,7 @@ def _flush(state: State, touched: dict[str, None], ops: list[Op]) -> None:
 
 def states_at(log: EventLog, memory_ids: Sequence[str], seq: int) -> dict[str, MemoryState | None]:
     """Each memory's state as of ``seq`` (None when not live)."""
-    base = fold(log.read_streams(list(memory_ids), until_seq=seq))
+    base = fold(log.replay_streams(list(memory_ids), until_seq=seq))
     return {m: base.memories.get(m) for m in memory_ids}
 
 
@@ -144,19 +142,28 @@ class ProjectionRunner:
 
     # ------------------------------------------------------------ public
 
-    def catch_up(self, until: int | None = None, *, progress: Progress | None = None, patient: bool = False) -> int:
+    def catch_up(
+        self,
+        until: int | None = None,
+        *,
+        progress: Progress | None = None,
+        patient: bool = False,
+        keep_going: Callable[[], bool] | None = None,
+    ) -> int:
         """Apply every event after the checkpoint up to ``until`` (default: head).
 
         Returns the number of events applied. Raises StoreUnavailable if the
         store stays unreachable (unless ``patient``, which waits forever).
+        ``keep_going`` is asked before each batch (a follower that lost its
+        leadership stops at once rather than at the end of a long catch-up).
         """
         done = 0
         checkpoint = self._call(self.store.checkpoint, patient=patient)
         self.checkpoint_seen = checkpoint
         target = until if until is not None else self.log.head().seq
-        while checkpoint < target:
+        while checkpoint < target and (keep_going is None or keep_going()):
             limit = min(self.config.batch_size, target - checkpoint)
-            records = list(self.log.read(after=checkpoint, limit=limit))
+            records = list(self.log.replay(after=checkpoint, limit=limit))
             if not records:
                 break
             self._apply_batch(records, patient=patient)
@@ -177,7 +184,7 @@ class ProjectionRunner:
         (or ``keep_going`` returns False, e.g. when leadership is lost)."""
         while not stop.is_set() and (keep_going is None or keep_going()):
             try:
-                self.catch_up(patient=False)
+                self.catch_up(patient=False, keep_going=keep_going)
             except StoreUnavailable as e:
                 logger.warning(
                     "%s store unavailable, will retry: %s",
@@ -346,7 +353,7 @@ class ProjectionRunner:
 
 
 def strip_vectors(records: Iterable[RecordedEvent]) -> Iterator[RecordedEvent]:
-    """The same records without vectors (a graph rebuild never needs them)."""
+    """The same records without vectors (a graph never needs them)."""
     for record in records:
         if record.vector_f32 is None:
             yield record
@@ -369,6 +376,10 @@ def rebuild(
     Default: build a fresh store readers do not see and swap it in when
     complete (a crash leaves the old store intact). ``in_place`` wipes the
     store and replays into it. Returns the checkpoint reached.
+
+    The store is empty, so only the live memories' final states are written,
+    each once, through its bulk load: they are folded from their own streams,
+    a chunk of memories at a time, so memory use does not grow with the log.
     """
     target = to_seq if to_seq is not None else log.head().seq
     if in_place:
@@ -377,16 +388,12 @@ def rebuild(
     else:
         fresh = store.begin_rebuild()
     try:
-        if store.kind == "graph":
-            state = fold(strip_vectors(log.read(limit=target)))
-            total = state.seq
-            fresh.bulk_load(iter(state), target)
-            if progress is not None:
-                progress(total)
-        else:
-            cfg = config or ProjectorConfig()
-            big = cfg.model_copy(update={"batch_size": max(cfg.batch_size, 5000)})
-            ProjectionRunner(log, fresh, big).catch_up(until=target, progress=progress)
+        chunk = max((config or ProjectorConfig()).batch_size, 5000)
+        states = final_states(log, target, vectors=store.kind != "graph", chunk=chunk, progress=progress)
+        fresh.bulk_load(states, target)
+        # and the checkpoint as every batch records it: a bulk load that wrote nothing may keep it only in
+        # memory (the qdrant-client store before it has a collection)
+        fresh.apply([], target)
     except BaseException:
         if fresh is not store:
             store.abort_rebuild(fresh)
@@ -394,3 +401,22 @@ def rebuild(
     if fresh is not store:
         store.commit_rebuild(fresh)
     return target
+
+
+def final_states(
+    log: EventLog, seq: int, *, vectors: bool = True, chunk: int = 5000, progress: Progress | None = None
+) -> Iterator[MemoryState]:
+    """Every memory live at ``seq``, in its state then, folded from its stream ``chunk`` memories at a time.
+
+    ``progress`` advances in events, in proportion to the memories done, up to ``seq``.
+    """
+    ids = log.memory_ids(seq)
+    reported = 0
+    for start in range(0, len(ids), chunk):
+        yield from fold(log.replay_streams(ids[start : start + chunk], until_seq=seq, vectors=vectors))
+        if progress is not None:
+            done = seq * min(len(ids), start + chunk) // len(ids)
+            progress(done - reported)
+            reported = done
+    if progress is not None and reported < seq:
+        progress(seq - reported)

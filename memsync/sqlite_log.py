@@ -6,35 +6,47 @@ in commit order with no gaps, whichever process appends.
 
 Group commit within a process: threads that append at the same time queue
 their calls; one of them (the leader) commits the whole queue in one
-transaction with one fsync, each call in its own savepoint so a refused call
-does not take the others down.
+transaction with one fsync. Each thread checks and encodes its events before
+it queues (:func:`~memsync.log.prepare`); the leader reads what the calls ask
+about in a few statements, runs their rules against that state plus what the
+earlier calls recorded (:class:`~memsync.log.AppendBatch`: a refused call is
+dropped in memory, so it does not take the others down), and writes the rows
+with one ``executemany`` per table.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
+from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
 
-from memsync.errors import InputError, LogError, MemsyncError
-from memsync.events import GENESIS_HASH, Event, RecordedEvent, format_time, utcnow
+import msgspec
+
+from memsync.errors import InputError, LogError
+from memsync.events import GENESIS_HASH, Event, RecordedEvent, decode_payload, format_time, utcnow
 from memsync.log import (
+    AppendBatch,
     EventLog,
     Head,
     LogQuery,
     LogStats,
     MemoryRow,
     ParkedEvent,
+    Prepared,
     Recorded,
     StoredRow,
     plan_append,
+    prepare,
 )
 
 SCHEMA: Final = """
@@ -90,8 +102,18 @@ CREATE TABLE IF NOT EXISTS parked (
 _ROW_COLUMNS: Final = (
     "seq, event_id, type, memory_id, version, user_id, agent_id, run_id, recorded_at, payload, vector, prev_hash, hash"
 )
+_RECORD_COLUMNS: Final = "seq, event_id, version, recorded_at, payload, vector, prev_hash, hash"
+_MEMORY_COLUMNS: Final = "memory_id, version, live, user_id, agent_id, run_id, has_vector"
+_HEAD_SQL: Final = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+_INSERT_EVENT: Final = f"INSERT INTO events ({_ROW_COLUMNS}) VALUES ({', '.join('?' * 13)})"
+_UPSERT_MEMORY: Final = f"INSERT OR REPLACE INTO memories ({_MEMORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_STREAM: Final = "INSERT INTO streams (memory_id, version, seq) VALUES (?, ?, ?)"
 _PAGE: Final = 1000
-_PAGE_SQL: Final = f"SELECT {_ROW_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+_IN_CHUNK: Final = 500  # ids per `IN (...)` lookup
+_FLUSH_ROWS: Final = 5000  # buffered rows written between the calls of a group commit
+_GATHER_WAIT: Final = 0.001  # longest a leader waits for calls other threads are still making
+
+Page = Callable[[int, int], list[tuple[Any, ...]]]  # (cursor, page size) -> the page's rows
 
 
 def _row(values: tuple[Any, ...]) -> StoredRow:
@@ -112,90 +134,40 @@ def _row(values: tuple[Any, ...]) -> StoredRow:
     )
 
 
-class _Call:
-    __slots__ = ("done", "error", "events", "expected_version", "imported", "result")
+def _record(values: tuple[Any, ...]) -> RecordedEvent:
+    """A record from the columns of ``_RECORD_COLUMNS`` (the read path: no intermediate row)."""
+    return _from_columns(values, unpack=True)
 
-    def __init__(
-        self, events: Sequence[Event], expected_version: int | None, imported: Sequence[Recorded] | None
-    ) -> None:
-        self.events = events
+
+def _replay_row(values: tuple[Any, ...]) -> RecordedEvent:
+    """A record as :meth:`EventLog.replay` gives it: the vector stays float32 bytes."""
+    return _from_columns(values, unpack=False)
+
+
+def _from_columns(values: tuple[Any, ...], *, unpack: bool) -> RecordedEvent:
+    seq, event_id, version, recorded_at, payload, vector, prev_hash, hash_ = values
+    return RecordedEvent(
+        seq=seq,
+        event=decode_payload(payload, vector if unpack else None),
+        event_id=event_id,
+        version=version,
+        recorded_at=datetime.fromisoformat(recorded_at),
+        prev_hash=prev_hash,
+        hash=hash_,
+        vector_f32=vector,
+    )
+
+
+class _Call:
+    __slots__ = ("done", "error", "expected_version", "imported", "prepared", "result")
+
+    def __init__(self, prepared: Prepared, expected_version: int | None, imported: Sequence[Recorded] | None) -> None:
+        self.prepared = prepared
         self.expected_version = expected_version
         self.imported = imported
         self.result: list[RecordedEvent] = []
         self.error: BaseException | None = None
         self.done = False
-
-
-class _Tx:
-    """:class:`memsync.log.AppendTx` over one SQLite connection in a write transaction."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self._dimension: int | None = None
-
-    def head(self) -> Head:
-        row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        return Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
-
-    def find_event(self, event_id: str) -> RecordedEvent | None:
-        row = self.db.execute(f"SELECT {_ROW_COLUMNS} FROM events WHERE event_id = ?", (event_id,)).fetchone()
-        return _row(row).to_record() if row else None
-
-    def memory(self, memory_id: str) -> MemoryRow | None:
-        row = self.db.execute(
-            "SELECT memory_id, version, live, user_id, agent_id, run_id, has_vector FROM memories WHERE memory_id = ?",
-            (memory_id,),
-        ).fetchone()
-        return _memory_row(row) if row else None
-
-    def live_memories(self, scope: dict[str, str] | None) -> list[MemoryRow]:
-        where, params = _scope_sql(scope)
-        rows = self.db.execute(
-            "SELECT memory_id, version, live, user_id, agent_id, run_id, has_vector FROM memories "
-            f"WHERE live = 1{where}",
-            params,
-        ).fetchall()
-        return [_memory_row(r) for r in rows]
-
-    def dimension(self) -> int | None:
-        if self._dimension is None:
-            row = self.db.execute("SELECT value FROM meta WHERE key = 'dimension'").fetchone()
-            self._dimension = int(row[0]) if row else None
-        return self._dimension
-
-    def set_dimension(self, dimension: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dimension', ?)", (str(dimension),))
-        self._dimension = dimension
-
-    def insert(self, row: StoredRow, touched: list[MemoryRow]) -> None:
-        self.db.execute(
-            f"INSERT INTO events ({_ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row.seq,
-                row.event_id,
-                row.type,
-                row.memory_id,
-                row.version,
-                row.user_id,
-                row.agent_id,
-                row.run_id,
-                row.recorded_at,
-                row.payload,
-                row.vector,
-                row.prev_hash,
-                row.hash,
-            ),
-        )
-        if touched:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO memories (memory_id, version, live, user_id, agent_id, run_id, has_vector) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(m.memory_id, m.version, m.live, m.user_id, m.agent_id, m.run_id, m.has_vector) for m in touched],
-            )
-            self.db.executemany(
-                "INSERT INTO streams (memory_id, version, seq) VALUES (?, ?, ?)",
-                [(m.memory_id, m.version, row.seq) for m in touched],
-            )
 
 
 def _memory_row(r: tuple[Any, ...]) -> MemoryRow:
@@ -216,6 +188,36 @@ def _scope_sql(scope: dict[str, str] | None) -> tuple[str, list[str]]:
     return "".join(f" AND {k} = ?" for k in scope), list(scope.values())
 
 
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start : start + _IN_CHUNK]
+
+
+def _select_in(db: sqlite3.Connection, sql: str, items: list[str]) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``sql`` (ending in ``IN``) for every chunk of ``items``."""
+    for chunk in _chunks(items):
+        yield from db.execute(f"{sql} ({','.join('?' * len(chunk))})", chunk)
+
+
+def _live_rows(db: sqlite3.Connection, scope: dict[str, str] | None) -> list[MemoryRow]:
+    where, params = _scope_sql(scope)
+    rows = db.execute(f"SELECT {_MEMORY_COLUMNS} FROM memories WHERE live = 1{where}", params)
+    return [_memory_row(r) for r in rows]
+
+
+def _flush(db: sqlite3.Connection, tx: AppendBatch) -> None:
+    """Write what the batch recorded so far: three ``executemany``, whatever the number of events."""
+    rows, touched, dimension = tx.take()
+    if dimension is not None:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dimension', ?)", (str(dimension),))
+    if rows:
+        db.executemany(_INSERT_EVENT, [msgspec.structs.astuple(r) for r in rows])
+    if touched:
+        latest = {m.memory_id: m for m, _ in touched}  # a memory changed twice is written once
+        db.executemany(_UPSERT_MEMORY, [msgspec.structs.astuple(m) for m in latest.values()])
+        db.executemany(_INSERT_STREAM, [(m.memory_id, m.version, seq) for m, seq in touched])
+
+
 class SQLiteEventLog(EventLog):
     """Event log in one SQLite file; safe for many threads and processes."""
 
@@ -226,10 +228,13 @@ class SQLiteEventLog(EventLog):
         self.fixed_dimension = fixed_dimension
         self._idle: list[sqlite3.Connection] = []  # reader connections not in use
         self._leader = threading.Lock()
-        self._queue_lock = threading.Lock()
+        self._arrived = threading.Condition()  # guards the queue; notified when a call joins it
         self._queue: list[_Call] = []
+        self._coming = 0  # calls being made (checked, encoded) by appending threads
+        self._leading = False  # a thread is committing the queue
         self._appended = threading.Condition()
         self._closed = False
+        self._dimension: int | None = None  # once set in a log it never changes: cached after a commit
         self._connections: list[sqlite3.Connection] = []
         self._writer = self._connect(create=True)
         self._writer.execute("PRAGMA busy_timeout = 0")  # the writer waits in _begin_immediate
@@ -280,7 +285,7 @@ class SQLiteEventLog(EventLog):
     def append(self, events: Sequence[Event], *, expected_version: int | None = None) -> list[RecordedEvent]:
         if not events:
             return []
-        return self._submit(_Call(list(events), expected_version, None))
+        return self._submit(lambda: _Call(prepare(events), expected_version, None))
 
     def import_records(self, records: Iterable[tuple[Event, dict[str, Any]]]) -> int:
         events: list[Event] = []
@@ -297,32 +302,70 @@ class SQLiteEventLog(EventLog):
                 )
             )
         if events:
-            self._submit(_Call(events, None, given))
+            self._submit(lambda: _Call(prepare(events), None, given))
         return len(events)
 
-    def _submit(self, call: _Call) -> list[RecordedEvent]:
-        with self._queue_lock:
-            self._queue.append(call)
-        with self._leader:
-            if not call.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(batch)
+    def _submit(self, make: Callable[[], _Call]) -> list[RecordedEvent]:
+        """Queue a call (made, i.e. checked and encoded, outside the write lock) and wait for its commit."""
+        with self._arrived:
+            self._coming += 1
+        try:
+            call = make()
+        except BaseException:
+            self._arrive(None)
+            raise
+        self._arrive(call)
+        with self._arrived:  # wait for a leader to commit the call, or lead
+            while not call.done and self._leading:
+                self._arrived.wait()
+            lead = not call.done
+            self._leading = self._leading or lead
+        if lead:
+            try:
+                with self._leader:
+                    self._commit(self._gather())
+            finally:
+                with self._arrived:
+                    self._leading = False
+                    self._arrived.notify_all()  # the calls just committed return, a waiting one leads next
         if call.error is not None:
             raise call.error
         return call.result
 
+    def _arrive(self, call: _Call | None) -> None:
+        with self._arrived:
+            self._coming -= 1
+            if call is not None:
+                self._queue.append(call)
+            self._arrived.notify_all()
+
+    def _gather(self) -> list[_Call]:
+        """The queued calls, once the calls other threads are still making have joined (or a moment passed):
+        they share this commit's fsync instead of waiting for the next one."""
+        deadline = time.monotonic() + _GATHER_WAIT
+        with self._arrived:
+            while self._coming and (left := deadline - time.monotonic()) > 0:
+                self._arrived.wait(left)
+            batch, self._queue = self._queue, []
+        return batch
+
     def _commit(self, batch: list[_Call]) -> None:
+        """One transaction, one fsync, for every queued call (see :class:`~memsync.log.AppendBatch`)."""
         db = self._writer
         try:
             _begin_immediate(db)
             try:
+                tx = self._prime(db, batch)
                 for call in batch:
-                    self._apply_call(db, call)
+                    self._apply_call(tx, call)
+                    if tx.buffered >= _FLUSH_ROWS:  # between calls: a refused call never has to undo a write
+                        _flush(db, tx)
+                _flush(db, tx)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._dimension = tx.dimension()
         except BaseException as e:
             # nothing of the batch was committed: no call may return records
             error = LogError(f"appending to the SQLite log {self.path} failed: {e!r}")
@@ -337,104 +380,143 @@ class SQLiteEventLog(EventLog):
             with self._appended:
                 self._appended.notify_all()
 
-    def _apply_call(self, db: sqlite3.Connection, call: _Call) -> None:
-        db.execute("SAVEPOINT call")
+    def _prime(self, db: sqlite3.Connection, batch: list[_Call]) -> AppendBatch:
+        """Read, under the write lock, what the calls will ask about: a few statements per batch."""
+        ids: dict[str, None] = {}
+        memory_ids: dict[str, None] = {}
+        for call in batch:
+            for event, fresh in zip(call.prepared.events, call.prepared.fresh, strict=True):
+                if not fresh:
+                    ids[event.event_id or ""] = None
+                memory_id = getattr(event, "memory_id", None)
+                if memory_id is not None:
+                    memory_ids[memory_id] = None
+        top = db.execute(_HEAD_SQL).fetchone()
+        dimension = self._dimension
+        if dimension is None:
+            found = db.execute("SELECT value FROM meta WHERE key = 'dimension'").fetchone()
+            dimension = int(found[0]) if found else None
+        recorded = _select_in(db, f"SELECT {_ROW_COLUMNS} FROM events WHERE event_id IN", list(ids))
+        memories = _select_in(db, f"SELECT {_MEMORY_COLUMNS} FROM memories WHERE memory_id IN", list(memory_ids))
+        tx = AppendBatch(lambda scope: _live_rows(db, scope))
+        tx.prime(
+            Head(top[0], top[1]) if top else Head(0, GENESIS_HASH),
+            dimension,
+            map(_row, recorded),
+            map(_memory_row, memories),
+        )
+        return tx
+
+    def _apply_call(self, tx: AppendBatch, call: _Call) -> None:
+        tx.begin()
         try:
             call.result = plan_append(
-                _Tx(db),
-                call.events,
+                tx,
+                call.prepared,
                 expected_version=call.expected_version,
                 imported=call.imported,
                 fixed_dimension=self.fixed_dimension,
             )
-        except MemsyncError as e:
-            db.execute("ROLLBACK TO call")
-            call.error = e
         except sqlite3.DatabaseError:
             raise
-        except Exception as e:
-            db.execute("ROLLBACK TO call")
+        except Exception as e:  # a refusal (or a bug) is this call's outcome only
+            tx.discard()
             call.error = e
-        db.execute("RELEASE call")
 
     # ------------------------------------------------------------ reads
 
     def head(self) -> Head:
-        rows = self._execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        rows = self._execute(_HEAD_SQL)
         return Head(rows[0][0], rows[0][1]) if rows else Head(0, GENESIS_HASH)
 
-    def stored_rows(self, after: int = 0) -> Iterator[StoredRow]:
-        while True:
-            rows = self._execute(
-                f"SELECT {_ROW_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, _PAGE)
-            )
-            for r in rows:
-                yield _row(r)
-            if len(rows) < _PAGE:
-                return
-            after = rows[-1][0]
-
-    def read(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
+    def _pages(self, page: Page, cursor: int, limit: int | None) -> Iterator[tuple[Any, ...]]:
+        """Rows page by page: ``page(cursor, size)`` reads one, the cursor is each page's last seq."""
         remaining = limit
         while remaining is None or remaining > 0:
-            page = _PAGE if remaining is None else min(_PAGE, remaining)
-            rows = self._execute(_PAGE_SQL, (after, page))
-            for r in rows:
-                yield _row(r).to_record()
+            size = _PAGE if remaining is None else min(_PAGE, remaining)
+            rows = page(cursor, size)
+            yield from rows
             if remaining is not None:
                 remaining -= len(rows)
-            if len(rows) < page:
+            if len(rows) < size:
                 return
-            after = rows[-1][0]
+            cursor = rows[-1][0]
+
+    def _after(self, columns: str) -> Page:
+        sql = f"SELECT {columns} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        return lambda cursor, size: self._execute(sql, (cursor, size))
+
+    def stored_rows(self, after: int = 0) -> Iterator[StoredRow]:
+        return map(_row, self._pages(self._after(_ROW_COLUMNS), after, None))
+
+    def read(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
+        return map(_record, self._pages(self._after(_RECORD_COLUMNS), after, limit))
+
+    def replay(self, after: int = 0, limit: int | None = None, *, vectors: bool = True) -> Iterator[RecordedEvent]:
+        columns = _RECORD_COLUMNS if vectors else _RECORD_COLUMNS.replace("vector", "NULL")
+        return map(_replay_row, self._pages(self._after(columns), after, limit))
 
     def read_stream(self, memory_id: str, *, until_seq: int | None = None) -> list[RecordedEvent]:
         rows = self._execute(
-            f"SELECT {_prefixed('e')} FROM streams s JOIN events e ON e.seq = s.seq "
+            f"SELECT {_prefixed('e', _RECORD_COLUMNS)} FROM streams s JOIN events e ON e.seq = s.seq "
             "WHERE s.memory_id = ? AND s.seq <= ? ORDER BY s.version",
             (memory_id, until_seq if until_seq is not None else 2**62),
         )
-        return [_row(r).to_record() for r in rows]
+        return [_record(r) for r in rows]
 
     def read_streams(self, memory_ids: Sequence[str], *, until_seq: int) -> Iterator[RecordedEvent]:
-        ids = list(dict.fromkeys(memory_ids))
+        return map(_record, self._streams(memory_ids, until_seq, _RECORD_COLUMNS))
+
+    def replay_streams(
+        self, memory_ids: Sequence[str], *, until_seq: int, vectors: bool = True
+    ) -> Iterator[RecordedEvent]:
+        columns = _RECORD_COLUMNS if vectors else _RECORD_COLUMNS.replace("vector", "NULL")
+        return map(_replay_row, self._streams(memory_ids, until_seq, columns))
+
+    def _streams(self, memory_ids: Sequence[str], until_seq: int, columns: str) -> Iterator[tuple[Any, ...]]:
         seqs: set[int] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for chunk in _chunks(list(dict.fromkeys(memory_ids))):
             marks = ",".join("?" * len(chunk))
             rows = self._execute(
                 f"SELECT seq FROM streams WHERE memory_id IN ({marks}) AND seq <= ?", (*chunk, until_seq)
             )
             seqs.update(r[0] for r in rows)
         ordered = sorted(seqs)
-        for start in range(0, len(ordered), 500):
-            chunk_seqs = ordered[start : start + 500]
-            marks = ",".join("?" * len(chunk_seqs))
-            rows = self._execute(f"SELECT {_ROW_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq", chunk_seqs)
-            for r in rows:
-                yield _row(r).to_record()
+        for start in range(0, len(ordered), _IN_CHUNK):
+            seq_chunk = ordered[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(seq_chunk))
+            yield from self._execute(f"SELECT {columns} FROM events WHERE seq IN ({marks}) ORDER BY seq", seq_chunk)
+
+    def memory_ids(self, until_seq: int) -> list[str]:
+        # one statement, so one snapshot: at the head the log's own table says which memories are live
+        rows = self._execute(
+            "SELECT memory_id FROM memories WHERE live = 1 AND (SELECT MAX(seq) FROM events) <= ?1 "
+            "UNION SELECT memory_id FROM streams WHERE seq <= ?1 AND (SELECT MAX(seq) FROM events) > ?1 "
+            "ORDER BY memory_id",
+            (until_seq,),
+        )
+        return [r[0] for r in rows]
 
     def query(
         self, q: LogQuery, *, after: int = 0, limit: int | None = None, descending: bool = False
     ) -> Iterator[RecordedEvent]:
-        where, params = _query_sql(q)
-        order = "DESC" if descending else "ASC"
-        cursor = 2**62 if descending else after
-        remaining = limit
-        while remaining is None or remaining > 0:
-            page = _PAGE if remaining is None else min(_PAGE, remaining)
-            op = "<" if descending else ">"
-            floor = f" AND seq > {int(after)}" if descending else ""
-            rows = self._execute(
-                f"SELECT {_ROW_COLUMNS} FROM events WHERE seq {op} ?{floor}{where} ORDER BY seq {order} LIMIT ?",
-                (cursor, *params, page),
-            )
-            for r in rows:
-                yield _row(r).to_record()
-            if remaining is not None:
-                remaining -= len(rows)
-            if len(rows) < page:
-                return
-            cursor = rows[-1][0]
+        branches = _query_branches(q)
+        order, op = ("DESC", "<") if descending else ("ASC", ">")
+        floor = f" AND seq > {int(after)}" if descending else ""
+        selects = [
+            (f"SELECT {_RECORD_COLUMNS} FROM events WHERE seq {op} ?{floor}{where} ORDER BY seq {order} LIMIT ?", given)
+            for where, given in branches
+        ]
+
+        def page(cursor: int, size: int) -> list[tuple[Any, ...]]:
+            # with a scope, its rows and the resets each walk their own index in seq order and only a page of
+            # each is merged here (an OR in one WHERE collects and sorts every row of the scope)
+            parts = [self._execute(sql, (cursor, *given, size)) for sql, given in selects]
+            if len(parts) == 1:
+                return parts[0]
+            return list(islice(heapq.merge(*parts, key=itemgetter(0), reverse=descending), size))
+
+        return map(_record, self._pages(page, 2**62 if descending else after, limit))
 
     def stats(self) -> LogStats:
         rows = self._execute("SELECT COUNT(*), COALESCE(SUM(has_vector), 0) FROM memories WHERE live = 1")
@@ -524,21 +606,17 @@ def _begin_immediate(db: sqlite3.Connection) -> None:
         delay = min(delay * 1.5, 0.002)
 
 
-def _prefixed(alias: str) -> str:
-    return ", ".join(f"{alias}.{c.strip()}" for c in _ROW_COLUMNS.split(","))
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
 
 
-def _query_sql(q: LogQuery) -> tuple[str, list[Any]]:
+def _query_branches(q: LogQuery) -> list[tuple[str, list[Any]]]:
+    """The WHERE conditions of a query: one branch, or with a scope two (its events; the resets)."""
     clauses: list[str] = []
     params: list[Any] = []
     if q.memory_id is not None:  # the memory's stream, bulk deletes included
         clauses.append("seq IN (SELECT seq FROM streams WHERE memory_id = ?)")
         params.append(q.memory_id)
-    scope = [(k, getattr(q, k)) for k in ("user_id", "agent_id", "run_id") if getattr(q, k) is not None]
-    if scope:
-        match = " AND ".join(f"{k} = ?" for k, _ in scope)
-        clauses.append(f"(({match}) OR type = 'memories.reset')")
-        params.extend(v for _, v in scope)
     if q.type is not None:
         clauses.append("type = ?")
         params.append(q.type)
@@ -548,7 +626,12 @@ def _query_sql(q: LogQuery) -> tuple[str, list[Any]]:
     if q.until is not None:
         clauses.append("recorded_at <= ?")
         params.append(format_time(q.until))
-    return "".join(f" AND {c}" for c in clauses), params
+    where = "".join(f" AND {c}" for c in clauses)
+    scope = [(k, getattr(q, k)) for k in ("user_id", "agent_id", "run_id") if getattr(q, k) is not None]
+    if not scope:
+        return [(where, params)]
+    match = "".join(f" AND {k} = ?" for k, _ in scope)
+    return [(match + where, [v for _, v in scope] + params), (" AND type = 'memories.reset'" + where, params)]
 
 
 def _canonical_time(value: Any, line: int) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from memsync.config import MemsyncConfig
+from memsync.config import redact_url as redact_url  # re-exported: the PostgreSQL log imports it from here
 from memsync.errors import ConfigError, MemsyncError, StoreLocked, WaitTimeout
 from memsync.events import format_time, utcnow
 from memsync.hooks import Hooks
@@ -98,17 +98,6 @@ def read_heartbeat(data_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password (``user:pw@`` or ``?password=``) replaced by ***."""
-    url = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
 class MemSync:
