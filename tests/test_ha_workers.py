@@ -272,7 +272,7 @@ def test_kill_9_the_active_worker_twice_while_events_stream_in(
     writer.start()
     takeovers = []
     for victim, standby, at in ((first, second, 800), (second, None, 2000)):
-        _wait_checkpoint(graph, at, timeout=120)
+        _wait_checkpoint(graph, at, timeout=300)
         assert log.head().seq < 3 * calls, "the stream ended before the kill"
         if standby is None:  # bring the killed worker back as the next standby
             standby = worker("a2")
