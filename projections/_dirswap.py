@@ -60,6 +60,7 @@ def rebuild_dir(path: Path) -> Path:
     """Where a rebuild of the store at ``path`` is built, emptied of any earlier attempt."""
     fresh = sibling(path, REBUILD)
     shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True, mode=0o700)  # private, like the store it replaces
     return fresh
 
 

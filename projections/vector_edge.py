@@ -304,6 +304,7 @@ class EdgeVectorStore(VectorStore):
 
     def _open(self) -> None:
         with self._errors("open"):
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)  # memories' text and vectors are private
             self._meta = _read_meta(self.path / META_FILE)
             shard_dir = self.path / SHARD_DIR
             if (shard_dir / EDGE_CONFIG).exists():

@@ -318,12 +318,6 @@ def test_graph_store_outside_the_data_directory_is_private(tmp_path: Path, umask
         assert stat.S_IMODE((tmp_path / "graph").stat().st_mode) == 0o700
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (projections/vector_edge.py): the Qdrant Edge store directory is created 0755 and its files "
-    "0644 (umask), so with vector.path outside the private data directory every memory's text and vector "
-    "is world-readable. Suggested fix: create the store directory with mode 0o700 (as graph_ladybug does).",
-)
 def test_vector_store_outside_the_data_directory_is_private(tmp_path: Path, umask_022: None) -> None:
     config = MemsyncConfig.model_validate(
         {
