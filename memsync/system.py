@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -28,6 +29,8 @@ from memsync.log import EventLog
 from memsync.projector import Progress, ProjectionRunner, rebuild
 from memsync.stores import Projection, open_store
 from memsync.verify import Drift, verify_store
+
+logger = logging.getLogger("memsync.system")
 
 KINDS = ("vector", "graph")
 ProgressFactory = Callable[[str, int], Progress]  # (projection, total events) -> advance(n)
@@ -83,13 +86,18 @@ class Heartbeat:
             self.write(self._pending)
 
     def write(self, last_seq: int) -> None:
+        """Best effort: a heartbeat that cannot be written is logged, never fatal to the follower."""
         self._pending = None
         with self._lock:
             data = read_heartbeat(self.path.parent)
             data[self.kind] = {"checkpoint": last_seq, "pid": os.getpid(), "at": format_time(utcnow())}
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.path)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                tmp.write_text(json.dumps(data))
+                os.replace(tmp, self.path)
+            except OSError as e:
+                logger.warning("cannot write the follower heartbeat %s: %s", self.path, e)
 
 
 def read_heartbeat(data_dir: Path) -> dict[str, Any]:
@@ -228,6 +236,10 @@ class MemSync:
                     self.runner(kind).follow(stop, keep_going=lead.still_held, on_idle=beat.flush)
                 except MemsyncError as e:  # e.g. the store cannot be opened yet: retry later
                     on_state(kind, f"error: {e}")
+                    stop.wait(standby_poll)
+                except Exception as e:  # a bug must not leave a follower that silently follows nothing
+                    logger.exception("%s follower failed; restarting it", kind, extra={"projection": kind})
+                    on_state(kind, f"error: {type(e).__name__}: {e}")
                     stop.wait(standby_poll)
                 finally:
                     self.hooks.off("after_batch", beat.on_batch)
