@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["seconds"] = round(time.time() - started, 1)
-    report["machine"]["load_average_end"] = __import__("os").getloadavg()
+    report["machine"]["load_average_end"] = os.getloadavg()
     out = args.out or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}{'-smoke' if smoke else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
