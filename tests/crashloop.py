@@ -55,6 +55,7 @@ from pathlib import Path
 import msgspec
 
 from memsync.config import MemsyncConfig
+from memsync.errors import MemsyncError
 from memsync.events import Event, payload_bytes
 from memsync.fold import fold
 from memsync.projector import ProjectionRunner
@@ -191,7 +192,14 @@ class Report:
 
 class Harness:
     def __init__(
-        self, workdir: Path, events: int, seed: int, rate: float, verbose: bool = False, evidence: bool = False
+        self,
+        workdir: Path,
+        events: int,
+        seed: int,
+        rate: float,
+        verbose: bool = False,
+        evidence: bool = False,
+        in_place: bool = True,
     ) -> None:
         self.data = workdir / "data"
         self.evidence = workdir / "evidence" if evidence else None  # the data as the last kill left it
@@ -199,6 +207,7 @@ class Harness:
         self.n = events
         self.seed = seed
         self.rate = rate
+        self.in_place = int(in_place)  # weight of `rebuild --in-place` among the projector's modes
         self.rng = random.Random(seed)
         self.verbose = verbose
         self.events = stream(events, seed)
@@ -230,7 +239,7 @@ class Harness:
     def start_projector(self) -> None:
         if self.projector is not None and self.projector.poll() is None:
             return
-        mode = self.rng.choices(["follow", "rebuild", "rebuild --in-place"], weights=[8, 1, 1])[0]
+        mode = self.rng.choices(["follow", "rebuild", "rebuild --in-place"], weights=[8, 1, self.in_place])[0]
         self.projector_mode = mode
         self.report.projector_modes[mode] = self.report.projector_modes.get(mode, 0) + 1
         command = [MEMSYNC, "project", "--follow"] if mode == "follow" else [MEMSYNC, *mode.split()]
@@ -287,6 +296,12 @@ class Harness:
         return head
 
     def check_stores(self, *, catch_up: bool, at_checkpoint: bool = True, mode: str = "") -> None:
+        try:
+            self._check_stores(catch_up=catch_up, at_checkpoint=at_checkpoint, mode=mode)
+        except MemsyncError as e:  # e.g. a store the kill left unopenable: the projection is stranded
+            raise Violation(f"after killing the projector ({mode!r}): {type(e).__name__}: {e}") from e
+
+    def _check_stores(self, *, catch_up: bool, at_checkpoint: bool, mode: str) -> None:
         """With no projector running, each store equals fold(log) at its checkpoint; then (maybe) catch up.
 
         The graph store commits a batch and its checkpoint in one transaction, so it must equal the fold
@@ -397,11 +412,12 @@ def run(
     workdir: Path | None = None,
     verbose: bool = False,
     evidence: bool = False,
+    in_place: bool = True,
 ) -> Report:
     """Run the crash loop; raises :class:`Violation` on the first broken guarantee."""
     rate = events / (points * MEAN_POINT_SECONDS)  # the appender lasts about as long as the kill points
     with tempfile.TemporaryDirectory(prefix="memsync-crashloop-") as tmp:
-        harness = Harness(workdir or Path(tmp), events, seed, rate, verbose, evidence)
+        harness = Harness(workdir or Path(tmp), events, seed, rate, verbose, evidence, in_place)
         try:
             return harness.run(points)
         finally:

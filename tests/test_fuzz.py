@@ -10,6 +10,7 @@ xfail(strict) tests at the end (remove the exclusion when the fix lands).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import tempfile
@@ -21,7 +22,7 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, assume, event, example, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, reject, settings
 from hypothesis import strategies as st
 
 from cli import main
@@ -105,6 +106,8 @@ def test_jsonl_reader_with_arbitrary_bytes(data: bytes) -> None:
     except InputError as e:
         assert e.line is not None and e.line >= 1  # errors name the line
         return
+    except (UnicodeDecodeError, RecursionError):  # the known crashers, pinned below: drop this when fixed
+        reject()
     for decoded in events:
         assert decode_payload(payload_bytes(decoded), None) is not None
 
@@ -489,7 +492,9 @@ plausible = {
 
 
 def argument(name: str) -> st.SearchStrategy[Any]:
-    """Usually a plausible value for ``name``, sometimes anything at all."""
+    """Usually a plausible value for ``name``, sometimes anything at all (always, for a parameter we do not know)."""
+    if name not in plausible:
+        return junk
     return st.integers(0, 3).flatmap(lambda i: junk if i == 0 else plausible[name])  # one_of would flatten junk
 
 
@@ -523,50 +528,32 @@ def call_recording_nothing_on_failure(memory: Memory, fn: Any, *args: Any, **kwa
         return None
 
 
-SIGNATURES = {
-    "add": (
-        "text",
-        [
-            "user_id",
-            "agent_id",
-            "run_id",
-            "metadata",
-            "vector",
-            "entities",
-            "relations",
-            "memory_id",
-            "actor",
-            "reason",
-        ],
-    ),
-    "update": (
-        "memory_id",
-        ["text", "metadata", "vector", "entities", "relations", "expected_version", "actor", "reason"],
-    ),
-    "search": ("vector", ["user_id", "agent_id", "run_id", "filters", "limit", "threshold"]),
-    "get_all": (None, ["user_id", "agent_id", "run_id", "filters", "limit"]),
-    "get": ("memory_id", []),
-    "history": ("memory_id", []),
-    "delete": ("memory_id", ["actor", "reason"]),
-    "delete_all": (None, ["user_id", "agent_id", "run_id", "actor", "reason"]),
-    "add_many": ("items", []),
-}
+VERBS = ["add", "add_many", "update", "search", "get_all", "get", "history", "delete", "delete_all"]
+ALIASES = {"text_or_messages": "text", "query": "vector"}  # parameter name -> the plausible values it takes
+
+
+def parameters(verb: str) -> tuple[list[str], list[str]]:
+    """(positional, keyword-only) parameter names of ``Memory.<verb>``, read from the facade itself."""
+    params = list(inspect.signature(getattr(Memory, verb)).parameters.values())[1:]  # no self
+    positional = [ALIASES.get(p.name, p.name) for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    return positional, [p.name for p in params if p.kind is p.KEYWORD_ONLY]
 
 
 @st.composite
 def facade_calls(draw: st.DrawFn) -> tuple[str, list[Any], dict[str, Any]]:
-    verb = draw(st.sampled_from(sorted(SIGNATURES)))
-    first, names = SIGNATURES[verb]
+    verb = draw(st.sampled_from(VERBS))
+    positional, keywords = parameters(verb)
     args: list[Any] = []
-    if first == "items":
-        keys = ["text", "user_id", "metadata", "vector", "entities", "relations", "memory_id"]
-        item = draw(st.fixed_dictionaries({}, optional={k: argument(k) for k in keys}))
-        args.append(draw(st.sampled_from([[item], [item, item], [item], item, None])))
-    elif first is not None:
-        args.append(draw(argument(first)))
-    chosen = draw(st.lists(st.sampled_from(names), unique=True, max_size=4)) if names else []
+    for name in positional:
+        if name == "items":  # add_many: a list of add's keywords (plus text)
+            keys = ["text", "user_id", "metadata", "vector", "entities", "relations", "memory_id"]
+            item = draw(st.fixed_dictionaries({}, optional={k: argument(k) for k in keys}))
+            args.append(draw(st.sampled_from([[item], [item, item], [item], item, None])))
+        elif name != "text" or verb == "add" or draw(st.booleans()):  # update's text is optional
+            args.append(draw(argument(name)))
+    chosen = draw(st.lists(st.sampled_from(keywords), unique=True, max_size=4)) if keywords else []
     kwargs = {name: draw(argument(name)) for name in chosen}
-    if verb in ("add", "search", "get_all") and draw(st.booleans()):
+    if "user_id" in keywords and verb != "delete_all" and draw(st.booleans()):
         kwargs.setdefault("user_id", "u")
     return verb, args, kwargs
 
@@ -576,6 +563,8 @@ def facade_calls(draw: st.DrawFn) -> tuple[str, list[Any], dict[str, Any]]:
 def test_facade_arguments_of_any_type(fuzz_memory: Memory, call: tuple[str, list[Any], dict[str, Any]]) -> None:
     verb, args, kwargs = call
     m = fuzz_memory
+    if m.get("m1") is None:  # the memory the plausible ids name most, alive again for update and delete
+        m.add("seed", user_id="u", memory_id="m1", vector=[1.0, 0.0, 0.0])
     out = call_recording_nothing_on_failure(m, getattr(m, verb), *args, **kwargs)
     event(f"{verb}: {'refused' if out is None else 'accepted'}")
     if out is not None:
