@@ -31,7 +31,7 @@ from typing import Any
 
 from memsync.config import MemsyncConfig, load_config
 from memsync.embeddings import Embedder, make_embedder
-from memsync.errors import CommandRefused, InputError, MemsyncError
+from memsync.errors import CommandRefused, InputError, MemsyncError, StoreError
 from memsync.events import (
     SCOPE_FIELDS,
     Entity,
@@ -485,10 +485,18 @@ class Memory:
                 names.update(memory.mentions)
         if not names:
             return []
-        store = self.system.store("graph")
-        assert isinstance(store, GraphStore)
         field = next(k for k in SCOPE_FIELDS if k in scope)
-        facts = store.relations(sorted({normalize_name(n) for n in names}), scope=(field, scope[field]))
+        try:
+            store = self.system.store("graph")
+            assert isinstance(store, GraphStore)
+            facts = store.relations(sorted({normalize_name(n) for n in names}), scope=(field, scope[field]))
+        except StoreError as e:  # the vector hits are still right; only the graph facts are missing
+            logger.warning(
+                "graph store unavailable, search returns no relations: %s",
+                e,
+                extra={"projection": "graph", "error_class": type(e).__name__},
+            )
+            return []
         return [{"source": s, "relationship": r, "destination": t} for s, r, t in facts]
 
 

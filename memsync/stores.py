@@ -20,7 +20,8 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from importlib.metadata import entry_points
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import msgspec
@@ -264,9 +265,9 @@ def open_store(kind: str, backend: str, config: MemsyncConfig) -> Projection:
     each points at a factory ``(config) -> Projection``.
     """
     name = f"{kind}.{backend}"
-    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    found = [ep for ep in _store_entry_points() if ep.name == name]
     if not found:
-        known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name.startswith(kind))
+        known = sorted(ep.name for ep in _store_entry_points() if ep.name.startswith(kind))
         raise ConfigError(f"{kind}.backend: unknown store {backend!r} (installed: {', '.join(known) or 'none'})")
     try:
         factory = found[0].load()
@@ -276,6 +277,12 @@ def open_store(kind: str, backend: str, config: MemsyncConfig) -> Projection:
     if not isinstance(store, Projection) or store.kind != kind:
         raise ConfigError(f"{kind}.backend: entry point {name!r} did not build a {kind} store")
     return store
+
+
+@cache
+def _store_entry_points() -> tuple[EntryPoint, ...]:
+    """The installed store factories; scanning the installed distributions takes ~10 ms, so once."""
+    return tuple(entry_points(group=ENTRY_POINT_GROUP))
 
 
 _POINT_NAMESPACE = uuid.UUID("6f1c2a4e-6d8b-5b8e-9a57-3c1f2d7e9b10")
