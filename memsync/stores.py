@@ -161,6 +161,14 @@ class VectorStore(Projection):
     def count(self) -> int:
         """Number of memory points."""
 
+    def same_vector(self, stored: bytes, expected: bytes) -> bool:
+        """Whether a point's stored vector (float32 bytes) is ``expected`` as this store keeps it.
+
+        Exact by default; a store that transforms vectors (cosine stores normalize them)
+        overrides this with what that transformation allows.
+        """
+        return stored == expected
+
 
 class GraphMemory(msgspec.Struct, frozen=True, kw_only=True):
     memory_id: str

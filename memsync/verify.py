@@ -19,7 +19,6 @@ from collections import defaultdict
 from typing import Any
 
 import msgspec
-import numpy as np
 
 from memsync.fold import MemoryState, State, fold
 from memsync.log import EventLog
@@ -81,27 +80,17 @@ def _vector_drift(store: VectorStore, state: State, checkpoint: int) -> Drift:
         memory = expected.get(point.memory_id)
         if memory is None:
             drift.extra.append(point.memory_id)
-        elif point.payload != vector_payload(memory) or not same_vector(point.vector, memory.vector):
+        elif (
+            point.payload != vector_payload(memory)
+            or memory.vector is None
+            or not store.same_vector(point.vector, memory.vector)
+        ):
             drift.stale.append(point.memory_id)
     drift.missing = [m for m in expected if m not in seen]
     drift.extra.sort()
     drift.stale.sort()
     drift.missing.sort()
     return drift
-
-
-def same_vector(stored: bytes, expected: bytes | None) -> bool:
-    """Equal as float32, allowing the store to have normalized it (Qdrant does for cosine)."""
-    if expected is None:
-        return False
-    if stored == expected:
-        return True
-    a = np.frombuffer(stored, dtype="<f4")
-    b = np.frombuffer(expected, dtype="<f4")
-    if a.shape != b.shape:
-        return False
-    norm = float(np.linalg.norm(b))
-    return bool(np.allclose(a, b, atol=1e-6) or (norm > 0 and np.allclose(a, b / norm, atol=1e-6)))
 
 
 def _graph_drift(store: GraphStore, state: State, checkpoint: int) -> Drift:
