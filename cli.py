@@ -397,16 +397,16 @@ def log_cmd(
     as_json: bool,
 ) -> None:
     """Read the history (JSON Lines with --json)."""
-    query = LogQuery(
-        memory_id=memory_id,
-        user_id=user_id,
-        agent_id=agent_id,
-        run_id=run_id,
-        type=event_type,
-        since=_time(since, "since"),
-        until=_time(until, "until"),
-    )
     with library_errors():
+        query = LogQuery(
+            memory_id=memory_id,
+            user_id=user_id,
+            agent_id=agent_id,
+            run_id=run_id,
+            type=event_type,
+            since=_time(since, "since"),
+            until=_time(until, "until"),
+        )
         for record in app(ctx).log.query(query, after=after, limit=limit, descending=desc):
             if as_json:
                 emit(record.to_dict())
@@ -471,7 +471,8 @@ def audit(ctx: click.Context, as_json: bool) -> None:
     elif report.ok:
         click.echo(f"ok: {report.checked} events, head seq {report.head.seq} hash {report.head.hash}")
     else:
-        click.echo(f"TAMPERED: first bad seq {report.first_bad_seq}: {report.problem}")
+        where = f"first bad seq {report.first_bad_seq}" if report.first_bad_seq is not None else "integrity check"
+        click.echo(f"TAMPERED: {where}: {report.problem}")
     if not report.ok:
         ctx.exit(EXIT_DRIFT)
 
@@ -504,7 +505,7 @@ def import_cmd(ctx: click.Context, source: Any, fmt: str, as_json: bool) -> None
             if raw.strip():
                 try:
                     data = json.loads(raw)
-                except json.JSONDecodeError as e:
+                except (ValueError, RecursionError) as e:  # bad JSON, bytes in no UTF, nesting too deep
                     raise InputError(f"malformed JSON: {e}", line=number) from None
                 if not isinstance(data, dict):
                     raise InputError("expected a JSON object", line=number)
@@ -523,10 +524,10 @@ def _import_mem0(ctx: click.Context, source: Any, as_json: bool) -> None:
     raw = source.read()
     try:
         data: Any = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         try:  # JSON Lines of memories
             data = [json.loads(line) for line in raw.splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:
             raise CliError(f"not JSON or JSON Lines: {e}") from None
     with library_errors():
         out = facade(ctx).import_mem0(data)

@@ -3,7 +3,8 @@
 Events are frozen, tagged, keyword-only msgspec Structs in one union,
 :data:`Event`. Input is decoded by one reusable typed decoder and then checked
 by :func:`validate` (rules msgspec types cannot say: a non-empty text, a scope,
-a finite vector). A recorded event (:class:`RecordedEvent`) wraps the input
+a finite vector, text every backend can store, metadata that reads back as
+written). A recorded event (:class:`RecordedEvent`) wraps the input
 event with what the log adds: ``seq``, ``version``, ``recorded_at``,
 ``event_id``, ``prev_hash`` and ``hash``.
 
@@ -18,6 +19,8 @@ import hashlib
 import json
 import math
 import numbers
+import os
+import re
 import struct
 import uuid
 from array import array
@@ -27,10 +30,12 @@ from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import msgspec
 
-from memsync.errors import InputError
+from memsync.errors import InputError, LogError, TamperError
 
 GENESIS_HASH: Final = "0" * 64
 SCOPE_FIELDS: Final = ("user_id", "agent_id", "run_id")
+METADATA_MAX_DEPTH: Final = 32  # levels of objects and arrays in `metadata`, itself included
+METADATA_INT_RANGE: Final = (-(2**63), 2**63 - 1)  # what the stores keep as integers (wider ones become floats)
 
 
 class Entity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -123,6 +128,10 @@ EVENT_TYPES: Final[tuple[str, ...]] = (
 UPDATABLE_FIELDS: Final = ("text", "vector", "metadata", "entities", "relations")
 _UNSTORED: Final = ("vector", "expected_version")  # not part of an event's stored payload
 _EVENT_CLASSES: Final = frozenset(get_args(Event))
+_NOT_TEXT: Final = ("vector", "metadata", "entities", "relations", "expected_version", "occurred_at")
+_TEXT_FIELDS: Final = {  # the str fields of each event type: ids, scopes, text, actor, reason
+    cls: tuple(f for f in cls.__struct_fields__ if f not in _NOT_TEXT) for cls in _EVENT_CLASSES
+}
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -222,16 +231,20 @@ def decode_event(data: bytes | str, *, line: int | None = None) -> Event:
             message = f"`{field}` is NaN or Infinity, which JSON does not allow (vectors must be finite)"
             raise InputError(message, line=line, field=field) from None
         raise InputError(f"malformed JSON: {e}", line=line) from None
+    except RecursionError:
+        message = f"malformed JSON: nested too deeply to decode (metadata may nest {METADATA_MAX_DEPTH} levels)"
+        raise InputError(message, line=line) from None
+    except UnicodeEncodeError as e:  # a str holding a lone surrogate
+        raise InputError(f"malformed JSON: not valid Unicode text: {e.reason}", line=line) from None
     return validate(event, line=line)
 
 
 def _non_json_number(data: bytes | str) -> str | None:
     """The path of the first ``NaN``/``Infinity`` token, if that is why the JSON is malformed."""
     try:
-        value = json.loads(data)
-    except ValueError:
+        return _first_non_finite(json.loads(data), "")
+    except (ValueError, RecursionError):
         return None
-    return _first_non_finite(value, "")
 
 
 def _first_non_finite(value: Any, path: str) -> str | None:
@@ -272,6 +285,8 @@ def checked_event(event: Event) -> tuple[Event, bytes | None]:
                 data[key] = msgspec.to_builtins(data[key])
             except (TypeError, ValueError) as e:
                 raise InputError(f"`{key}` cannot be stored as JSON: {e}", field=key) from None
+            except RecursionError:
+                raise InputError(f"`{key}` {_TOO_DEEP}", field=key) from None
     try:
         checked: Event = msgspec.convert(data, type(event))  # ints in a list[float] become floats here
     except msgspec.ValidationError as e:
@@ -351,6 +366,11 @@ def _validate(event: Event, line: int | None) -> bytes | None:
             uuid.UUID(event.event_id)
         except ValueError:
             raise fail("event_id", f"is not a UUID: {event.event_id!r}") from None
+    for name in _TEXT_FIELDS.get(type(event), ()):
+        value = getattr(event, name)
+        if value is not None and ("\x00" in value or not value.isascii()):  # the common case costs no call
+            if (problem := _text_problem(value)) is not None:
+                raise fail(name, problem)
     if isinstance(event, MemoryAdded | MemoryUpdated | MemoryDeleted):
         if not event.memory_id.strip():
             raise fail("memory_id", "must not be empty")
@@ -366,19 +386,87 @@ def _validate(event: Event, line: int | None) -> bytes | None:
             raise fail("text", "must not be empty")
         if event.vector is not None:
             packed = _packed_vector(event.vector, fail)
-        bad = _first_non_finite(event.metadata, "metadata")
-        if bad is not None:
-            raise fail(bad, "is NaN or Infinity, which JSON cannot carry")
+        if event.metadata is not None and (found := _metadata_problem(event.metadata, 1)) is not None:
+            path, problem = found
+            raise fail("metadata" + "".join(reversed(path)), problem)
         for i, entity in enumerate(event.entities or ()):
+            for part, value in (("name", entity.name), ("type", entity.type)):
+                if value is not None and (problem := _text_problem(value)) is not None:
+                    raise fail(f"entities[{i}].{part}", problem)
             if not normalize_name(entity.name):
                 raise fail(f"entities[{i}].name", "must not be empty")
         for i, rel in enumerate(event.relations or ()):
             for part in ("source", "relation", "target"):
-                if not normalize_name(getattr(rel, part)):
+                value = getattr(rel, part)
+                if (problem := _text_problem(value)) is not None:
+                    raise fail(f"relations[{i}].{part}", problem)
+                if not normalize_name(value):
                     raise fail(f"relations[{i}].{part}", "must not be empty")
     if isinstance(event, MemoriesDeleted) and not any(getattr(event, f) for f in SCOPE_FIELDS):
         raise fail("user_id", "or `agent_id` or `run_id` is required for memories.deleted")
     return packed
+
+
+_SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
+_TOO_DEEP: Final = f"is nested deeper than {METADATA_MAX_DEPTH} levels of objects and arrays"
+
+
+def _text_problem(text: str, *, nul_ok: bool = False) -> str | None:
+    """Why ``text`` cannot be stored everywhere, if it cannot.
+
+    A lone surrogate has no UTF-8 form at all; a NUL character is refused by
+    PostgreSQL's text columns (ids, scopes) and is no part of any real name or text.
+    """
+    if not nul_ok and "\x00" in text:
+        return "contains a NUL character"
+    if not text.isascii() and _SURROGATE.search(text) is not None:
+        return "contains a lone surrogate (not valid Unicode text, so not UTF-8)"
+    return None
+
+
+def _metadata_problem(value: Any, depth: int) -> tuple[list[str], str] | None:
+    """Why a metadata value would not read back as written: ``(its path, innermost part first; the reason)``.
+
+    ``depth`` counts the objects and arrays around ``value``, itself included
+    (``metadata`` is 1). Every store and reader must decode what the log
+    accepts, from any call depth, so nesting is bounded; integers beyond 64
+    bits would come back from the vector stores as floats; strings may hold
+    NUL (they are JSON inside the payload), not lone surrogates.
+    """
+    kind = type(value)
+    if kind is str:
+        problem = _text_problem(value, nul_ok=True)
+        return None if problem is None else ([], problem)
+    if kind is int:
+        low, high = METADATA_INT_RANGE
+        return None if low <= value <= high else ([], "is an integer beyond the signed 64-bit range")
+    if kind is float:
+        return None if math.isfinite(value) else ([], "is NaN or Infinity, which JSON cannot carry")
+    if kind is not dict and kind is not list:
+        return None
+    if depth > METADATA_MAX_DEPTH:
+        return [], _TOO_DEEP
+    if kind is list:
+        for i, item in enumerate(value):
+            if (found := _metadata_problem(item, depth + 1)) is not None:
+                found[0].append(f"[{i}]")
+                return found
+        return None
+    for key, item in value.items():
+        if (problem := _key_problem(key)) is not None:
+            return [], problem
+        if (found := _metadata_problem(item, depth + 1)) is not None:
+            found[0].append(f".{key}")
+            return found
+    return None
+
+
+def _key_problem(key: Any) -> str | None:
+    """Why ``key`` cannot be a JSON object key (it is named in the message, not in the path, if it cannot)."""
+    if type(key) is not str:
+        return f"has a key that is not a string: {key!r:.40}"
+    problem = _text_problem(key, nul_ok=True)
+    return None if problem is None else f"has a key that {problem}"
 
 
 def _packed_vector(vector: Sequence[float], fail: Any) -> bytes:
@@ -440,25 +528,39 @@ def chain_hash(
     vector: bytes | None,
 ) -> str:
     """``sha256(prev_hash + canonical bytes of the recorded event)``, as hex."""
-    h = hashlib.sha256(bytes.fromhex(prev_hash))
-    h.update(f"{seq}\n{'' if version is None else version}\n{recorded_at}\n".encode())
-    h.update(len(payload).to_bytes(8, "big"))
-    h.update(payload)
+    fields = f"{seq}\n{'' if version is None else version}\n{recorded_at}\n".encode()
+    h = hashlib.sha256(b"".join((bytes.fromhex(prev_hash), fields, len(payload).to_bytes(8, "big"), payload)))
     if vector is not None:
         h.update(vector)
     return h.hexdigest()
 
 
-def decode_payload(payload: bytes, vector: bytes | None) -> Event:
-    """Inverse of :func:`payload_bytes` plus the stored vector."""
-    event: Event = _decoder.decode(payload)
-    if vector is not None:
-        event = msgspec.structs.replace(event, vector=unpack_vector(vector))
+def decode_payload(payload: bytes, vector: bytes | None, *, seq: int | None = None) -> Event:
+    """Inverse of :func:`payload_bytes` plus the stored vector.
+
+    Stored bytes that no longer decode (bit rot, tampering) raise
+    :class:`~memsync.errors.TamperError` naming ``seq`` (a
+    :class:`~memsync.errors.LogError` when no seq is given).
+    """
+    try:
+        event: Event = _decoder.decode(payload)
+        if vector is not None:
+            event = msgspec.structs.replace(event, vector=unpack_vector(vector))
+    except (ValueError, RecursionError) as e:  # msgspec.DecodeError is a ValueError, and so is a torn vector
+        problem = f"the stored event does not decode: {e}"
+        raise (LogError(problem) if seq is None else TamperError(seq, problem)) from e
     return event
 
 
 def new_event_id() -> str:
-    return str(uuid.uuid4())
+    """A random UUID (version 4) as ``str(uuid.uuid4())`` writes it, without the two objects it builds."""
+    n = int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID4_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))  # the version and variant bits
+_UUID4_SET: Final = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
 
 
 def recorded_from_dict(data: Mapping[str, Any], *, line: int | None = None) -> tuple[Event, dict[str, Any]]:

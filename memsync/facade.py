@@ -52,7 +52,7 @@ from memsync.fold import MemoryState, State, fold
 from memsync.history import memory_history
 from memsync.hooks import Hooks
 from memsync.locks import LOCK_WAIT
-from memsync.log import LogQuery
+from memsync.log import LogQuery, encodable
 from memsync.stores import GraphStore, VectorStore
 from memsync.system import MemSync
 
@@ -698,6 +698,8 @@ def _limit(value: Any) -> int:
 def _check_memory_id(memory_id: Any) -> None:
     if not isinstance(memory_id, str):
         raise InputError(f"`memory_id` must be a string, not {type(memory_id).__name__}", field="memory_id")
+    if not encodable(memory_id):
+        raise InputError("`memory_id` is not valid text (a lone surrogate: undecodable bytes?)", field="memory_id")
 
 
 def _fact(rel: Any) -> dict[str, str]:

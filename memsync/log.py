@@ -15,11 +15,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
-from memsync.errors import CommandRefused, ConflictError, InputError
+from memsync.errors import CommandRefused, ConflictError, InputError, LogError
 from memsync.events import (
     GENESIS_HASH,
     SCOPE_FIELDS,
@@ -77,9 +77,10 @@ class StoredRow(msgspec.Struct, frozen=True, kw_only=True):
     hash: str
 
     def to_record(self) -> RecordedEvent:
+        """The record; raises :class:`~memsync.errors.TamperError` if the stored payload no longer decodes."""
         return RecordedEvent(
             seq=self.seq,
-            event=decode_payload(self.payload, self.vector),
+            event=decode_payload(self.payload, self.vector, seq=self.seq),
             event_id=self.event_id,
             version=self.version,
             recorded_at=datetime.fromisoformat(self.recorded_at),
@@ -121,6 +122,21 @@ class LogQuery(msgspec.Struct, frozen=True, kw_only=True):
     type: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("memory_id", "user_id", "agent_id", "run_id", "type"):
+            value = getattr(self, name)
+            if value is not None and not encodable(value):
+                raise InputError(f"`{name}` is not valid text (a lone surrogate: undecodable bytes?)", field=name)
+
+
+def encodable(value: str) -> bool:
+    """Whether ``value`` has a UTF-8 form (a str from undecodable argv bytes holds lone surrogates)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class EventLog(ABC):
@@ -275,8 +291,8 @@ def _row_problem(row: StoredRow, expected_seq: int, prev: str) -> str | None:
         return "content does not match its hash (payload, vector, version or time changed)"
     try:
         event = decode_payload(row.payload, None)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        return f"payload does not decode: {e}"
+    except LogError as e:
+        return str(e)
     if event_type(event) != row.type or getattr(event, "memory_id", None) != row.memory_id:
         return "indexed columns (type, memory_id) do not match the payload"
     if event.event_id != row.event_id:
@@ -461,8 +477,8 @@ def plan_append(
     call = events if isinstance(events, Prepared) else prepare(events)
     call_memory = _call_memory(call.events) if expected_version is not None else None
     head = tx.head()
-    now = format_time(utcnow())
-    recorded_at = parse_time(now)
+    recorded_at = utcnow()
+    now = format_time(recorded_at)  # microseconds, UTC: parses back to exactly `recorded_at`
     out: list[RecordedEvent] = []
     seen: dict[str, RecordedEvent] = {}
     pending: dict[str, MemoryRow] = {}
@@ -536,15 +552,16 @@ def _stored_row(
     digest = chain_hash(head.hash, seq=seq, version=version, recorded_at=recorded_at, payload=payload, vector=packed)
     if given is not None and given.hash != digest:
         raise InputError(f"`hash` of seq {seq} does not match its content (tampered export?)", field="hash")
+    scoped = _scoped(event, touched)
     return StoredRow(
         seq=seq,
         event_id=event.event_id or "",
         type=event_type(event),
         memory_id=getattr(event, "memory_id", None),
         version=version,
-        user_id=_scope_value(event, touched, "user_id"),
-        agent_id=_scope_value(event, touched, "agent_id"),
-        run_id=_scope_value(event, touched, "run_id"),
+        user_id=getattr(scoped, "user_id", None),
+        agent_id=getattr(scoped, "agent_id", None),
+        run_id=getattr(scoped, "run_id", None),
         recorded_at=recorded_at,
         payload=payload,
         vector=packed,
@@ -555,7 +572,7 @@ def _stored_row(
 
 def _call_memory(events: Sequence[Event]) -> str:
     """The one memory a call with a call-level ``expected_version`` touches."""
-    ids = {e.memory_id for e in events if isinstance(e, MemoryAdded | MemoryUpdated | MemoryDeleted)}
+    ids = {e.memory_id for e in events if isinstance(e, _MEMORY_EVENTS)}
     if len(ids) != 1:
         raise InputError(
             "`expected_version` applies to a call whose events all touch one memory", field="expected_version"
@@ -574,7 +591,7 @@ def _apply_rules(
     tx: AppendTx, event: Event, pending: dict[str, MemoryRow], fixed_dimension: int | None
 ) -> tuple[list[MemoryRow], int | None]:
     """Check one event against state; return the memory rows it changes and its version."""
-    if isinstance(event, MemoriesDeleted | MemoriesReset):
+    if isinstance(event, _BULK_EVENTS):
         scope = None if isinstance(event, MemoriesReset) else {k: v for k in SCOPE_FIELDS if (v := getattr(event, k))}
         rows = tx.live_memories(scope)
         for gone in rows:
@@ -623,8 +640,14 @@ def _check_dimension(tx: AppendTx, dimension: int, fixed: int | None) -> None:
         tx.set_dimension(dimension)
 
 
-def _scope_value(event: Event, touched: list[MemoryRow], name: str) -> str | None:
-    value = getattr(event, name, None)
-    if value is None and isinstance(event, MemoryUpdated | MemoryDeleted) and touched:
-        value = getattr(touched[0], name)
-    return value
+def _scoped(event: Event, touched: list[MemoryRow]) -> Event | MemoryRow:
+    """What carries the scope columns of ``event``'s row: the event, or for a memory's later event its row."""
+    if touched and isinstance(event, _LATER_EVENTS):
+        return touched[0]
+    return event
+
+
+# tuples, not `A | B` unions: a union is a new (garbage-collected) object at every call
+_MEMORY_EVENTS: Final = (MemoryAdded, MemoryUpdated, MemoryDeleted)
+_LATER_EVENTS: Final = (MemoryUpdated, MemoryDeleted)
+_BULK_EVENTS: Final = (MemoriesDeleted, MemoriesReset)

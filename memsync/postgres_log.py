@@ -18,7 +18,8 @@ append at the same time queue their calls and one of them commits the queue in
 one transaction (one WAL flush). The lock is held for round trips, so a batch
 makes two, whatever its size: one pipeline takes the lock and reads what every
 call needs, the rules run in memory (a refused call's rows are simply dropped),
-one pipeline writes the rows, ``NOTIFY`` and ``COMMIT`` (see :class:`_Batch`).
+one pipeline writes the rows, ``NOTIFY`` and ``COMMIT`` (:func:`_prime`, :func:`_flush`, and the
+shared :class:`~memsync.log.AppendBatch`).
 Every event gets its ``event_id`` before the first attempt, so a batch whose
 ``COMMIT`` was lost with the connection is retried safely: what it recorded is
 found and returned, not recorded twice.
@@ -69,6 +70,7 @@ from memsync.log import (
     Prepared,
     Recorded,
     StoredRow,
+    encodable,
     plan_append,
     prepare,
 )
@@ -193,7 +195,7 @@ def _records(*, vectors: str) -> RowFactory[RecordedEvent]:
             seq, event_id, version, recorded_at, payload, vector, prev_hash, hash_ = values
             return RecordedEvent(
                 seq=seq,
-                event=decode_payload(payload, vector if vectors == "decoded" else None),
+                event=decode_payload(payload, vector if vectors == "decoded" else None, seq=seq),
                 event_id=event_id,
                 version=version,
                 recorded_at=datetime.fromisoformat(recorded_at),
@@ -647,6 +649,8 @@ class PostgresEventLog(EventLog):
         return self._pages(_after(columns), (), after, limit, _records(vectors="bytes" if vectors else "none"))
 
     def read_stream(self, memory_id: str, *, until_seq: int | None = None) -> list[RecordedEvent]:
+        if not encodable(memory_id):  # no recorded id is: nothing to find
+            return []
         return self._fetch(
             f"SELECT {_prefixed('e', _RECORD_COLUMNS)} FROM streams s JOIN events e ON e.seq = s.seq "
             "WHERE s.memory_id = %s AND s.seq <= %s ORDER BY s.version",

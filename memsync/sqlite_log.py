@@ -36,6 +36,7 @@ from memsync.errors import InputError, LogError
 from memsync.events import GENESIS_HASH, Event, RecordedEvent, decode_payload, format_time, utcnow
 from memsync.log import (
     AppendBatch,
+    AuditReport,
     EventLog,
     Head,
     LogQuery,
@@ -45,6 +46,7 @@ from memsync.log import (
     Prepared,
     Recorded,
     StoredRow,
+    encodable,
     plan_append,
     prepare,
 )
@@ -79,9 +81,9 @@ CREATE TABLE IF NOT EXISTS memories (
     run_id TEXT,
     has_vector INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS memories_user ON memories (user_id) WHERE live = 1;
-CREATE INDEX IF NOT EXISTS memories_agent ON memories (agent_id) WHERE live = 1;
-CREATE INDEX IF NOT EXISTS memories_run ON memories (run_id) WHERE live = 1;
+DROP INDEX IF EXISTS memories_user;
+DROP INDEX IF EXISTS memories_agent;
+DROP INDEX IF EXISTS memories_run;
 CREATE TABLE IF NOT EXISTS streams (
     memory_id TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -112,6 +114,7 @@ _PAGE: Final = 1000
 _IN_CHUNK: Final = 500  # ids per `IN (...)` lookup
 _FLUSH_ROWS: Final = 5000  # buffered rows written between the calls of a group commit
 _GATHER_WAIT: Final = 0.001  # longest a leader waits for calls other threads are still making
+_CHECK_PROBLEMS: Final = 10  # most problems PRAGMA quick_check lists in an audit
 
 Page = Callable[[int, int], list[tuple[Any, ...]]]  # (cursor, page size) -> the page's rows
 
@@ -148,7 +151,7 @@ def _from_columns(values: tuple[Any, ...], *, unpack: bool) -> RecordedEvent:
     seq, event_id, version, recorded_at, payload, vector, prev_hash, hash_ = values
     return RecordedEvent(
         seq=seq,
-        event=decode_payload(payload, vector if unpack else None),
+        event=decode_payload(payload, vector if unpack else None, seq=seq),
         event_id=event_id,
         version=version,
         recorded_at=datetime.fromisoformat(recorded_at),
@@ -200,9 +203,20 @@ def _select_in(db: sqlite3.Connection, sql: str, items: list[str]) -> Iterator[t
 
 
 def _live_rows(db: sqlite3.Connection, scope: dict[str, str] | None) -> list[MemoryRow]:
+    """Live memory rows of a scope (of all memories without one).
+
+    ``memories`` has no index by scope: three more b-trees to update in every
+    append's transaction (one WAL page each) for the rare bulk delete. A scope's
+    memories are found through the events' own scope index instead (each memory's
+    ``memory.added`` carries its scope; ``+type`` keeps SQLite on that index).
+    """
     where, params = _scope_sql(scope)
-    rows = db.execute(f"SELECT {_MEMORY_COLUMNS} FROM memories WHERE live = 1{where}", params)
-    return [_memory_row(r) for r in rows]
+    sql = f"SELECT {_MEMORY_COLUMNS} FROM memories WHERE live = 1{where}"
+    if scope:
+        first = next(iter(scope))
+        sql += f" AND memory_id IN (SELECT memory_id FROM events WHERE {first} = ? AND +type = 'memory.added')"
+        params.append(scope[first])
+    return [_memory_row(r) for r in db.execute(sql, params)]
 
 
 def _flush(db: sqlite3.Connection, tx: AppendBatch) -> None:
@@ -211,11 +225,19 @@ def _flush(db: sqlite3.Connection, tx: AppendBatch) -> None:
     if dimension is not None:
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dimension', ?)", (str(dimension),))
     if rows:
-        db.executemany(_INSERT_EVENT, [msgspec.structs.astuple(r) for r in rows])
+        _insert(db, _INSERT_EVENT, [msgspec.structs.astuple(r) for r in rows])
     if touched:
         latest = {m.memory_id: m for m, _ in touched}  # a memory changed twice is written once
-        db.executemany(_UPSERT_MEMORY, [msgspec.structs.astuple(m) for m in latest.values()])
-        db.executemany(_INSERT_STREAM, [(m.memory_id, m.version, seq) for m, seq in touched])
+        _insert(db, _UPSERT_MEMORY, [msgspec.structs.astuple(m) for m in latest.values()])
+        _insert(db, _INSERT_STREAM, [(m.memory_id, m.version, seq) for m, seq in touched])
+
+
+def _insert(db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """``executemany``, or for one row (a lone append) the cheaper ``execute``."""
+    if len(rows) == 1:
+        db.execute(sql, rows[0])
+    else:
+        db.executemany(sql, rows)
 
 
 class SQLiteEventLog(EventLog):
@@ -228,7 +250,9 @@ class SQLiteEventLog(EventLog):
         self.fixed_dimension = fixed_dimension
         self._idle: list[sqlite3.Connection] = []  # reader connections not in use
         self._leader = threading.Lock()
-        self._arrived = threading.Condition()  # guards the queue; notified when a call joins it
+        self._queued = threading.Lock()  # guards the queue, `_coming` and `_leading`
+        self._arrived = threading.Condition(self._queued)  # the calls being made have joined (a gathering leader waits)
+        self._committed = threading.Condition(self._queued)  # a batch is committed (the queued calls wait)
         self._queue: list[_Call] = []
         self._coming = 0  # calls being made (checked, encoded) by appending threads
         self._leading = False  # a thread is committing the queue
@@ -248,9 +272,12 @@ class SQLiteEventLog(EventLog):
 
     def _connect(self, *, create: bool = False) -> sqlite3.Connection:
         if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if not self.path.exists():
+                    os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as e:  # a read-only or forbidden parent directory, a full disk
+                raise LogError(f"cannot create the SQLite log {self.path}: {e}") from e
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60.0)
             db.execute("PRAGMA busy_timeout = 60000")
@@ -307,17 +334,18 @@ class SQLiteEventLog(EventLog):
 
     def _submit(self, make: Callable[[], _Call]) -> list[RecordedEvent]:
         """Queue a call (made, i.e. checked and encoded, outside the write lock) and wait for its commit."""
-        with self._arrived:
+        with self._queued:
             self._coming += 1
         try:
             call = make()
         except BaseException:
-            self._arrive(None)
+            with self._queued:
+                self._arrive(None)
             raise
-        self._arrive(call)
-        with self._arrived:  # wait for a leader to commit the call, or lead
+        with self._queued:  # queue the call, then wait for a leader to commit it, or lead
+            self._arrive(call)
             while not call.done and self._leading:
-                self._arrived.wait()
+                self._committed.wait()
             lead = not call.done
             self._leading = self._leading or lead
         if lead:
@@ -325,25 +353,30 @@ class SQLiteEventLog(EventLog):
                 with self._leader:
                     self._commit(self._gather())
             finally:
-                with self._arrived:
+                with self._queued:
                     self._leading = False
-                    self._arrived.notify_all()  # the calls just committed return, a waiting one leads next
+                    self._committed.notify_all()  # the calls just committed return, a waiting one leads next
         if call.error is not None:
             raise call.error
         return call.result
 
     def _arrive(self, call: _Call | None) -> None:
-        with self._arrived:
-            self._coming -= 1
-            if call is not None:
-                self._queue.append(call)
-            self._arrived.notify_all()
+        """A call being made joins the queue (``None``: it failed); holding ``_queued``.
+
+        Only a gathering leader waits for arrivals, and only for the last one: the
+        queued calls wait on ``_committed``, so an arrival wakes no one else.
+        """
+        self._coming -= 1
+        if call is not None:
+            self._queue.append(call)
+        if not self._coming:
+            self._arrived.notify()
 
     def _gather(self) -> list[_Call]:
         """The queued calls, once the calls other threads are still making have joined (or a moment passed):
         they share this commit's fsync instead of waiting for the next one."""
         deadline = time.monotonic() + _GATHER_WAIT
-        with self._arrived:
+        with self._queued:
             while self._coming and (left := deadline - time.monotonic()) > 0:
                 self._arrived.wait(left)
             batch, self._queue = self._queue, []
@@ -363,12 +396,12 @@ class SQLiteEventLog(EventLog):
                 _flush(db, tx)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             self._dimension = tx.dimension()
         except BaseException as e:
             # nothing of the batch was committed: no call may return records
-            error = LogError(f"appending to the SQLite log {self.path} failed: {e!r}")
+            error = LogError(f"appending to the SQLite log {self.path} failed: {_cause(e)}")
             error.__cause__ = e
             for call in batch:
                 call.error, call.result = call.error or error, []
@@ -449,6 +482,23 @@ class SQLiteEventLog(EventLog):
     def stored_rows(self, after: int = 0) -> Iterator[StoredRow]:
         return map(_row, self._pages(self._after(_ROW_COLUMNS), after, None))
 
+    def audit(self) -> AuditReport:
+        """The hash chain, then SQLite's own check of every page of the file.
+
+        The chain covers the events table only; the memories and streams tables
+        and the indexes, which drive command validation and queries, are checked
+        by ``PRAGMA quick_check`` (the structure of every b-tree, not whether each
+        index entry matches its row: ``integrity_check`` would, at a higher cost).
+        """
+        report = super().audit()
+        if not report.ok:
+            return report
+        found = [str(row[0]) for row in self._execute(f"PRAGMA quick_check({_CHECK_PROBLEMS})")]
+        if found == ["ok"]:
+            return report
+        problem = f"the SQLite file {self.path} fails its integrity check (PRAGMA quick_check): {'; '.join(found)}"
+        return msgspec.structs.replace(report, ok=False, problem=problem)
+
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
         return map(_record, self._pages(self._after(_RECORD_COLUMNS), after, limit))
 
@@ -457,6 +507,8 @@ class SQLiteEventLog(EventLog):
         return map(_replay_row, self._pages(self._after(columns), after, limit))
 
     def read_stream(self, memory_id: str, *, until_seq: int | None = None) -> list[RecordedEvent]:
+        if not encodable(memory_id):  # no recorded id is: nothing to find
+            return []
         rows = self._execute(
             f"SELECT {_prefixed('e', _RECORD_COLUMNS)} FROM streams s JOIN events e ON e.seq = s.seq "
             "WHERE s.memory_id = ? AND s.seq <= ? ORDER BY s.version",
@@ -568,10 +620,10 @@ class SQLiteEventLog(EventLog):
                     db.execute(sql, params)
                     db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    _rollback(db)
                     raise
             except sqlite3.DatabaseError as e:
-                raise LogError(f"writing to the SQLite log {self.path} failed: {e}") from e
+                raise LogError(f"writing to the SQLite log {self.path} failed: {_cause(e)}") from e
 
     def close(self) -> None:
         self._closed = True
@@ -582,6 +634,20 @@ class SQLiteEventLog(EventLog):
 
 
 _LOCK_WAIT: Final = 60.0
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any: after an I/O error or a full disk SQLite has rolled
+    it back already, and a failing ROLLBACK must not hide the error that caused it."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
+def _cause(e: BaseException) -> str:
+    """An error as a failed append names it: with SQLite's own code where there is one (``SQLITE_IOERR_WRITE``)."""
+    name = getattr(e, "sqlite_errorname", None)
+    return f"{e} ({name})" if name else repr(e)
 
 
 def _begin_immediate(db: sqlite3.Connection) -> None:

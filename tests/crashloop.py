@@ -61,7 +61,7 @@ from memsync.fold import fold
 from memsync.projector import ProjectionRunner
 from memsync.stores import VectorStore, vector_payload
 from memsync.system import MemSync, open_log
-from memsync.verify import Drift, same_vector, verify_store
+from memsync.verify import Drift, verify_store
 from tests.streams import random_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,8 +164,11 @@ def unexplained(system: MemSync, store: VectorStore, drift: Drift, window: int) 
             if memory is None or memory.vector is None:
                 matches = point is None
             else:
-                matches = point is not None and point.payload == vector_payload(memory)
-                matches = matches and same_vector(point.vector, memory.vector)
+                matches = (
+                    point is not None
+                    and point.payload == vector_payload(memory)
+                    and store.same_vector(point.vector, memory.vector)
+                )
             if matches:
                 explained.add(memory_id)
     return drifted - explained

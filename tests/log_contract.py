@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from memsync.errors import CommandRefused, ConflictError, InputError
+from memsync.errors import CommandRefused, ConflictError, InputError, TamperError
 from memsync.events import (
     GENESIS_HASH,
     Entity,
@@ -111,6 +111,18 @@ def assert_refused_nothing_recorded(
     return info.value
 
 
+def assert_undecodable_payload_names_its_seq(log: EventLog, recorded: list[RecordedEvent], seq: int) -> None:
+    """The stored payload of ``seq`` was overwritten with bytes that do not decode: every reader says so, naming it."""
+    with pytest.raises(TamperError) as info:
+        list(log.read())
+    assert info.value.seq == seq
+    with pytest.raises(TamperError) as info:  # a retried append looks the recorded event up
+        log.append([recorded[seq - 1].event])
+    assert info.value.seq == seq
+    report = log.audit()
+    assert not report.ok and report.first_bad_seq == seq
+
+
 def parse_corpus(path: Path) -> tuple[list[str], dict[str, list[str]]]:
     """A corpus file: ``# key: value`` header lines (blanked, so line numbers hold) and JSON lines."""
     lines: list[str] = []
@@ -151,6 +163,16 @@ BAD_PYTHON_EVENTS = [
         ("bulk delete without scope", MemoriesDeleted(), "user_id"),
         ("blank memory_id", MemoryDeleted(memory_id=" "), "memory_id"),
         ("unencodable metadata", add("m", metadata={"x": object()}), "metadata"),
+        ("NUL in text", add("m", text="a\x00b"), "text"),
+        ("NUL in a scope", add("m", user="u\x00"), "user_id"),
+        ("lone surrogate in memory_id", add("m\ud800"), "memory_id"),
+        ("lone surrogate in a metadata value", add("m", metadata={"k": ["\udfff"]}), "metadata.k[0]"),
+        ("integer beyond 64 bits in metadata", add("m", metadata={"n": 2**63}), "metadata.n"),
+        (
+            "metadata nested too deep",
+            add("m", metadata={"a": json.loads("[" * 32 + "]" * 32)}),
+            "metadata.a" + "[0]" * 31,
+        ),
     ]
 ]
 

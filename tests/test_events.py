@@ -6,14 +6,17 @@ import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
-from memsync.errors import InputError
+from memsync.errors import InputError, LogError, TamperError
 from memsync.events import (
     EVENT_TYPES,
     GENESIS_HASH,
+    METADATA_INT_RANGE,
+    METADATA_MAX_DEPTH,
     Entity,
     Event,
     MemoriesDeleted,
@@ -255,6 +258,84 @@ def test_check_event_type_checks_python_built_events() -> None:
         check_event("memory.added")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"text": "a\x00b"}, "text"),
+        ({"memory_id": "m\x00"}, "memory_id"),
+        ({"user_id": "\x00"}, "user_id"),
+        ({"run_id": "r\x00"}, "run_id"),
+        ({"actor": "x\x00"}, "actor"),
+        ({"reason": "\x00"}, "reason"),
+        ({"entities": [{"name": "A"}, {"name": "B\x00"}]}, "entities[1].name"),
+        ({"entities": [{"name": "A", "type": "\x00"}]}, "entities[0].type"),
+        ({"relations": [{"source": "a", "relation": "r\x00", "target": "b"}]}, "relations[0].relation"),
+    ],
+)
+def test_nul_characters_in_text_ids_and_names_are_refused(change: dict[str, object], field: str) -> None:
+    with pytest.raises(InputError, match="NUL") as info:
+        decode({**FULL_ADD, **change}, line=3)
+    assert info.value.field == field and info.value.line == 3
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (MemoryAdded(memory_id="m", text="t\ud800", user_id="u"), "text"),
+        (MemoryAdded(memory_id="\udcff", text="t", user_id="u"), "memory_id"),
+        (MemoriesDeleted(agent_id="a\udfff"), "agent_id"),
+        (MemoryAdded(memory_id="m", text="t", user_id="u", entities=[Entity(name="\ud800")]), "entities[0].name"),
+        (MemoryUpdated(memory_id="m", metadata={"a": ["ok", "x\ud800"]}), "metadata.a[1]"),
+        (MemoryUpdated(memory_id="m", metadata={"a": {"k\udc80": 1}}), "metadata.a"),
+    ],
+)
+def test_lone_surrogates_are_refused(event: Event, field: str) -> None:
+    """A lone surrogate has no UTF-8 form: refused up front, not by the encoder or the database later."""
+    with pytest.raises(InputError, match="surrogate") as info:
+        check_event(event)
+    assert info.value.field == field
+
+
+def nested(levels: int) -> object:
+    """``levels`` arrays one inside the other."""
+    value: object = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_metadata_that_would_not_read_back_is_refused() -> None:
+    low, high = METADATA_INT_RANGE
+    fine = {"n": high, "m": low, "s": "a NUL is data here: \x00", "deep": nested(METADATA_MAX_DEPTH - 1)}
+    assert check_event(MemoryUpdated(memory_id="m", metadata=fine)).metadata == fine
+    assert decode({**FULL_ADD, "metadata": fine}).metadata == fine  # type: ignore[union-attr]
+    refused: list[tuple[dict[str, Any], str, str, bool]] = [  # (metadata, field, message, also as JSON)
+        ({"n": high + 1}, "metadata.n", "64-bit", True),
+        ({"x": [{"n": low - 1}]}, "metadata.x[0].n", "64-bit", True),
+        ({"n": 10**5000}, "metadata.n", "64-bit", False),  # more digits than str() may print
+        ({"deep": nested(METADATA_MAX_DEPTH)}, "metadata.deep" + "[0]" * (METADATA_MAX_DEPTH - 1), "nested", True),
+        ({"a": {1: "x"}}, "metadata.a", "not a string", False),  # JSON keys are strings
+    ]
+    for metadata, field, says, as_json in refused:
+        with pytest.raises(InputError, match=says) as info:
+            check_event(MemoryUpdated(memory_id="m", metadata=metadata))
+        assert info.value.field == field
+        if as_json:
+            with pytest.raises(InputError, match=says) as info:
+                decode({**FULL_ADD, "metadata": metadata}, line=5)
+            assert info.value.field == field and info.value.line == 5
+
+
+def test_nesting_too_deep_to_decode_is_an_input_error() -> None:
+    """Past msgspec's recursion limit (JSON) or Python's (built in Python): an InputError, never RecursionError."""
+    with pytest.raises(InputError, match="nested too deeply") as info:
+        decode_event(ADD_PREFIX + '"metadata": {"a": ' + "[" * 5000 + "]" * 5000 + "}}", line=2)
+    assert info.value.line == 2
+    with pytest.raises(InputError, match="nested deeper") as info:
+        check_event(MemoryUpdated(memory_id="m", metadata={"a": nested(5000)}))
+    assert info.value.field == "metadata"
+
+
 # ---------------------------------------------------------------- time and names
 
 
@@ -292,6 +373,16 @@ def test_payload_bytes_are_canonical() -> None:
     # decoding the payload plus the float32 vector gives the event back (without the precondition)
     back = decode_payload(payload_bytes(a), pack_vector([0.5, -1.0, 2.0]))
     assert back == msgspec.structs.replace(a, expected_version=None)
+
+
+def test_a_stored_payload_that_no_longer_decodes_names_its_seq() -> None:
+    good = payload_bytes(decode(FULL_ADD))
+    for payload, vector in [(good[:-1], None), (good.replace(b"memory.added", b"memory.addex"), None), (good, b"\x00")]:
+        with pytest.raises(TamperError) as info:
+            decode_payload(payload, vector, seq=12)
+        assert info.value.seq == 12 and "does not decode" in str(info.value)
+        with pytest.raises(LogError, match="does not decode"):
+            decode_payload(payload, vector)
 
 
 def test_vectors_pack_as_little_endian_float32() -> None:

@@ -41,7 +41,16 @@ from memsync.log import EventLog, Head
 from memsync.postgres_log import PostgresEventLog
 from memsync.sqlite_log import SCHEMA as SQLITE_SCHEMA
 from memsync.sqlite_log import SQLiteEventLog
-from tests.log_contract import EventLogContract, add, delete, export_lines, import_lines, seqs, update
+from tests.log_contract import (
+    EventLogContract,
+    add,
+    assert_undecodable_payload_names_its_seq,
+    delete,
+    export_lines,
+    import_lines,
+    seqs,
+    update,
+)
 from tests.pg_server import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -342,6 +351,15 @@ def test_audit_finds_first_tampered_seq(pg_schema: Callable[[str], str], name: s
     assert report.first_bad_seq == first_bad, report
     assert report.checked == first_bad - 1
     assert report.problem is not None and problem in report.problem
+
+
+def test_a_payload_that_no_longer_decodes_is_a_tamper_error_naming_its_seq(pg_database: str) -> None:
+    with PostgresEventLog(pg_database) as log:
+        recorded = log.append([add(f"m{i}") for i in range(5)])
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        assert conn.execute("UPDATE events SET payload = '\\x7b'::bytea WHERE seq = 3").rowcount == 1
+    with PostgresEventLog(pg_database) as log:
+        assert_undecodable_payload_names_its_seq(log, recorded, 3)
 
 
 # ---------------------------------------------------------------- ordering under concurrency

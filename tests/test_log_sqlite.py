@@ -31,7 +31,7 @@ from memsync.errors import CommandRefused, LogError
 from memsync.events import MemoriesDeleted
 from memsync.log import EventLog, Head
 from memsync.sqlite_log import SQLiteEventLog
-from tests.log_contract import EventLogContract, add, delete, update
+from tests.log_contract import EventLogContract, add, assert_undecodable_payload_names_its_seq, delete, update
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,6 +72,22 @@ def test_not_a_log_is_a_log_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(LogError, match=r"garbage\.db"):
         SQLiteEventLog(path)
+
+
+def test_a_log_that_cannot_be_created_is_a_log_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(LogError, match=r"cannot create the SQLite log .*file/data/events\.db"):
+        SQLiteEventLog(tmp_path / "file" / "data" / "events.db")
+
+
+def test_a_payload_that_no_longer_decodes_is_a_tamper_error_naming_its_seq(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteEventLog(path) as log:
+        recorded = log.append([add(f"m{i}") for i in range(5)])
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE events SET payload = CAST('{\"type\":' AS BLOB) WHERE seq = 3")
+    with SQLiteEventLog(path) as log:
+        assert_undecodable_payload_names_its_seq(log, recorded, 3)
 
 
 def test_closed_log_raises_log_error(tmp_path: Path) -> None:
