@@ -65,14 +65,18 @@ def _raw_edge(path: Path, points: list[tuple[str, list[float], Row]], dim: int) 
         EdgeConfig,
         EdgeShard,
         EdgeVectorParams,
+        Memory,
         PayloadSchemaType,
         Point,
         UpdateOperation,
     )
 
+    from projections._vector_common import SCOPE_INDEXES
+
     started = time.perf_counter()
-    shard = EdgeShard.create(str(path), EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine)))
-    for field in ("user_id", "agent_id", "run_id", "memory_id"):
+    params = EdgeVectorParams(size=dim, distance=Distance.Cosine, memory=Memory.Cold)  # as the store creates it
+    shard = EdgeShard.create(str(path), EdgeConfig(vectors=params))
+    for field in SCOPE_INDEXES:  # the store's payload indexes
         shard.update(UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword))
     for start in range(0, len(points), 4096):
         chunk = [Point(id=i, vector=v, payload=p) for i, v, p in points[start : start + 4096]]

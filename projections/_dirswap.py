@@ -12,6 +12,10 @@ directory ``<path>``, owned by one process through ``<path>.lock``
    fsyncing the parent directory after each rename;
 3. remove the marker and ``<path>.old``.
 
+:func:`discard` deletes a store (a wipe) the same way: it renames ``<path>`` to
+``<path>.trash`` first, so a crash leaves the whole store or none of it, never
+a half-deleted one under its old checkpoint.
+
 :func:`recover` runs on every open (under the lock) and after a swap that failed
 half way; it finishes or undoes what a crash interrupted, then deletes leftovers:
 
@@ -22,6 +26,7 @@ found                                  action
 no ``<path>``, the rebuild marked      finish the swap (rename the rebuild in)
 no ``<path>``, ``<path>.old``          put the old store back
 ``<path>`` and ``<path>.old``          delete the old store (the swap was done)
+``<path>.trash``                       delete it (a wipe was under way)
 =====================================  ===========================================
 """
 
@@ -37,6 +42,7 @@ from memsync.locks import DirLock
 
 REBUILD: Final = "rebuild"
 OLD: Final = "old"
+TRASH: Final = "trash"  # a store being deleted, never put back
 COMPLETE: Final = "REBUILD-COMPLETE"  # in a rebuild directory: a crash from here on finishes the swap
 
 T = TypeVar("T")
@@ -77,6 +83,16 @@ def swap_in(path: Path, fresh: Path) -> None:
         recover(path)
 
 
+def discard(path: Path) -> None:
+    """Delete the store at ``path`` (closed) so that a crash leaves it whole or gone."""
+    trash = sibling(path, TRASH)
+    if path.exists():
+        if trash.exists():
+            shutil.rmtree(trash)
+        rename_durably(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)  # what is left, recover deletes
+
+
 def recover(path: Path) -> None:
     """Finish or undo a swap a crash cut between its renames, then delete leftovers (under the lock)."""
     fresh, old = sibling(path, REBUILD), sibling(path, OLD)
@@ -85,7 +101,7 @@ def recover(path: Path) -> None:
             rename_durably(fresh, path)
         elif old.exists():
             rename_durably(old, path)
-    for leftover in (fresh, old):
+    for leftover in (fresh, old, sibling(path, TRASH)):
         shutil.rmtree(leftover, ignore_errors=True)
     (path / COMPLETE).unlink(missing_ok=True)
 

@@ -8,10 +8,21 @@ The store is a directory (``config.vector_path()``, by default ``<data-dir>/qdra
     qdrant.lock             DirLock: names the process that owns the store
     qdrant.rebuild/         a fresh store a rebuild is filling (same layout)
     qdrant.old/             the previous store, only for the instant of a swap
+    qdrant.trash/           a wiped store, only while it is being deleted
 
-The checkpoint lives in ``memsync.json`` beside the shard, so deleting the
-directory resets it to 0. ``apply`` writes the points, flushes the shard (the
-Edge WAL is not synced on every update), and only then replaces the file.
+The checkpoint lives in the store directory, so deleting it resets it to 0.
+Once the shard exists, the checkpoint is a reserved point of the shard (integer
+id 0, no vector; memories' points have UUIDs), upserted after the batch's
+writes: the shard's write-ahead log orders it after them, so a crash keeps a
+prefix of the writes and never a checkpoint without its batch. ``apply`` does
+not flush: the WAL is written on every update (into the page cache, so a
+killed process loses nothing) and the shard is flushed at most every
+:data:`FLUSH_INTERVAL` seconds, after a bulk load and at close. Before the
+shard exists (no vector seen yet) the checkpoint is ``memsync.json``'s; with a
+shard it is that file's only when the shard holds no checkpoint point.
+
+A wipe renames the directory to ``qdrant.trash`` before deleting it, so a crash
+leaves the whole store or nothing (:func:`projections._dirswap.discard`).
 
 A rebuild fills ``qdrant.rebuild/``, marks it complete, and swaps it in with two
 renames (``qdrant`` -> ``qdrant.old``, ``qdrant.rebuild`` -> ``qdrant``), with
@@ -30,6 +41,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,8 +56,10 @@ from qdrant_edge import (
     EdgeVectorParams,
     FieldCondition,
     Filter,
+    HasIdCondition,
     IsNullCondition,
     MatchValue,
+    Memory,
     PayloadSchemaType,
     Point,
     Query,
@@ -59,13 +73,14 @@ from memsync.config import MemsyncConfig, VectorConfig
 from memsync.errors import MemsyncError, StoreError, StoreUnavailable
 from memsync.fold import MemoryState
 from memsync.locks import DirLock
-from memsync.stores import Op, Projection, VectorHit, VectorPoint, VectorStore, point_id, vector_payload
-from projections._dirswap import fsync_dir, open_locked, rebuild_dir, swap_in
+from memsync.stores import Op, Projection, VectorHit, VectorPoint, VectorStore
+from projections._dirswap import discard, fsync_dir, open_locked, rebuild_dir, swap_in
 from projections._vector_common import (
-    INDEXED_FIELDS,
     PAGE,
+    SCOPE_INDEXES,
     Condition,
     IsNull,
+    Keyed,
     Match,
     Put,
     Remove,
@@ -74,12 +89,13 @@ from projections._vector_common import (
     batch_context,
     check_dimensions,
     plan,
+    point_payload,
     same_vector,
     scroll_points,
     search_conditions,
     search_pages,
     to_hits,
-    vector_array,
+    vector_values,
     with_vectors,
     write_points,
 )
@@ -88,6 +104,11 @@ META_FILE: Final = "memsync.json"
 SHARD_DIR: Final = "shard"
 EDGE_CONFIG: Final = "edge_config.json"  # the engine persists the shard's config there
 BULK_BATCH: Final = 4096  # points per write in bulk_load
+RECYCLE_POINTS: Final = 32_768  # bulk_load flushes, closes and reopens the shard after this many points
+FLUSH_INTERVAL: Final = 30.0  # seconds: apply flushes the shard at most this often (a flush holds the GIL 20-200 ms)
+CHECKPOINT_POINT: Final = 0  # the point holding the checkpoint; memory points have UUID ids, never an integer
+CHECKPOINT_KEY: Final = "memsync_checkpoint"
+_MEMORIES: Final = Filter(must_not=[HasIdCondition({CHECKPOINT_POINT})])  # every point but the checkpoint
 
 _DISTANCE: Final = {"cosine": Distance.Cosine, "dot": Distance.Dot, "euclid": Distance.Euclid}
 
@@ -108,6 +129,10 @@ class EdgeVectorStore(VectorStore):
         self._mutex = threading.RLock()  # the shard is swapped and closed under it
         self._shard: EdgeShard | None = None
         self._meta = _Meta()
+        self._checkpoint = 0
+        self._flushed = time.monotonic()  # when the shard was last flushed
+        self._dirty = False  # updates since then
+        self._unloaded = False  # a shard is on disk, to be loaded on first use (after a swap)
         self._fresh: EdgeVectorStore | None = None  # the rebuild under way
         self._closed = False
         self._open()
@@ -115,25 +140,34 @@ class EdgeVectorStore(VectorStore):
     # ------------------------------------------------------------ the port
 
     def checkpoint(self) -> int:
-        with self._mutex:
-            return self._meta.checkpoint
+        with self._mutex, self._errors("read the checkpoint"):
+            self._ensure_loaded()
+            return self._checkpoint
 
     def apply(self, ops: Sequence[Op], checkpoint: int) -> None:
         steps = plan(ops)
         with self._mutex, self._errors("apply"):
             self._check_open()
-            wrote = [self._write(step) for step in steps]
-            if any(wrote):
+            if not steps and checkpoint == self._checkpoint:
+                return  # already recorded (a rebuild records its checkpoint once more)
+            for step in steps:
+                self._write(step)
+            self._record(checkpoint)
+            if time.monotonic() - self._flushed >= FLUSH_INTERVAL:
                 self._flush()
-            self._save_meta(checkpoint=checkpoint)
 
     def bulk_load(self, memories: Iterable[MemoryState], checkpoint: int) -> None:
         with self._mutex, self._errors("bulk load"):
             self._check_open()
+            written = 0
             for chunk in with_vectors(memories, BULK_BATCH):
                 self._put(chunk)
+                written += len(chunk)
+                if written >= RECYCLE_POINTS:
+                    self._recycle_shard()
+                    written = 0
+            self._record(checkpoint)
             self._flush()
-            self._save_meta(checkpoint=checkpoint)
 
     def search(
         self,
@@ -166,7 +200,9 @@ class EdgeVectorStore(VectorStore):
         def page(offset: Any) -> tuple[list[Any], Any] | None:
             with self._mutex, self._errors("scroll"):
                 shard = self._check_open()
-                request = ScrollRequest(offset=offset, limit=PAGE, with_payload=True, with_vector=True)
+                request = ScrollRequest(
+                    offset=offset, limit=PAGE, filter=_MEMORIES, with_payload=True, with_vector=True
+                )
                 return None if shard is None else shard.scroll(request)
 
         return scroll_points(page)
@@ -174,7 +210,7 @@ class EdgeVectorStore(VectorStore):
     def count(self) -> int:
         with self._mutex, self._errors("count"):
             shard = self._check_open()
-            return 0 if shard is None else shard.count(CountRequest(exact=True))
+            return 0 if shard is None else shard.count(CountRequest(exact=True, filter=_MEMORIES))
 
     def ping(self) -> bool:
         try:
@@ -185,11 +221,10 @@ class EdgeVectorStore(VectorStore):
     def wipe(self) -> None:
         with self._mutex, self._errors("wipe"):
             self._check_open()
-            self._close_shard()
-            shutil.rmtree(self.path, ignore_errors=True)
-            if self.path.exists():
-                raise StoreError(f"could not delete {self.path}")
+            self._close_shard(flush=False)  # it is deleted next
+            discard(self.path)  # renamed aside first: a crash never leaves a checkpoint over half a store
             self._meta = _Meta()
+            self._checkpoint = 0
 
     def begin_rebuild(self) -> EdgeVectorStore:
         with self._mutex, self._errors("begin a rebuild"):
@@ -205,12 +240,12 @@ class EdgeVectorStore(VectorStore):
             self._check_open()
             fresh._save_meta()  # an empty rebuild still leaves a directory to swap in
             fresh.close()
-            self._close_shard()
+            self._close_shard(flush=False)  # replaced next (its WAL keeps it whole if the swap is undone)
             try:
                 swap_in(self.path, fresh.path)  # a step that fails is finished or undone like a crash
             finally:
                 self._fresh = None
-                self._open()
+                self._open(lazy=True)  # a `memsync rebuild` that ends here never pays for loading it
 
     def abort_rebuild(self, fresh: Projection) -> None:
         fresh = self._rebuilt(fresh)
@@ -250,13 +285,13 @@ class EdgeVectorStore(VectorStore):
 
     # ------------------------------------------------------------ writes
 
-    def _write(self, step: Step) -> bool:
-        """Apply one planned step; False when there was nothing to touch."""
+    def _write(self, step: Step) -> None:
+        """Apply one planned step (one update, one record of the shard's WAL)."""
         if isinstance(step, Put):
-            self._put(list(step.memories.values()))
-            return True
+            self._put(list(step.memories.items()))
+            return
         if self._shard is None:
-            return False
+            return
         if isinstance(step, Remove):
             operation = UpdateOperation.delete_points(list(step.point_ids))
         elif isinstance(step, RemoveScope):
@@ -264,37 +299,51 @@ class EdgeVectorStore(VectorStore):
                 Filter(must=[_condition(Match(k, v)) for k, v in step.scope.items()])
             )
         else:
-            operation = UpdateOperation.delete_points_by_filter(Filter())
-        self._shard.update(operation)
-        return True
+            operation = UpdateOperation.delete_points_by_filter(_MEMORIES)
+        self._update(operation)
 
-    def _put(self, memories: list[MemoryState]) -> None:
-        dimension = check_dimensions(memories, self.dimension)
+    def _record(self, checkpoint: int) -> None:
+        """Record the checkpoint after the batch's writes: in the shard's WAL, else in memsync.json."""
+        if self._shard is None:
+            self._save_meta(checkpoint=checkpoint)
+        else:
+            self._update(UpdateOperation.upsert_points([_checkpoint_point(checkpoint)]))
+        self._checkpoint = checkpoint
+
+    def _update(self, operation: UpdateOperation) -> None:
+        assert self._shard is not None
+        self._shard.update(operation)
+        self._dirty = True
+
+    def _put(self, items: Keyed) -> None:
+        dimension = check_dimensions((m for _, m in items), self.dimension)
         assert dimension is not None
         self._ensure_shard(dimension)
-        write_points(memories, self._upsert)
+        write_points(items, self._upsert)
 
-    def _upsert(self, memories: list[MemoryState]) -> None:
-        with self._errors(batch_context(memories)):  # the bindings refuse some payloads already here
-            points = [_point(m) for m in memories]
-            assert self._shard is not None
-            self._shard.update(UpdateOperation.upsert_points(points))
+    def _upsert(self, items: Keyed) -> None:
+        with self._errors(batch_context(items)):  # the bindings refuse some payloads already here
+            points = [_point(pid, m) for pid, m in items]
+            self._update(UpdateOperation.upsert_points(points))
 
     def _ensure_shard(self, dimension: int) -> EdgeShard:
         if self._shard is not None:
             return self._shard
         # record the dimension first: a shard never exists without it on record
         self._save_meta(dimension=dimension, distance=self._config.distance)
-        params = EdgeVectorParams(size=dimension, distance=_DISTANCE[self._config.distance])
+        # Cold: loading the shard does not read the vectors in (the page cache keeps what searches touch)
+        params = EdgeVectorParams(size=dimension, distance=_DISTANCE[self._config.distance], memory=Memory.Cold)
         shard = EdgeShard.create(str(self.path / SHARD_DIR), EdgeConfig(vectors=params))
-        for field in INDEXED_FIELDS:
-            shard.update(UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword))
         self._shard = shard
+        for field in SCOPE_INDEXES:  # no memory_id index: no other process reads the shard, nothing filters on it
+            self._update(UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword))
+        self._update(UpdateOperation.upsert_points([_checkpoint_point(self._checkpoint)]))
         return shard
 
     def _flush(self) -> None:
-        if self._shard is not None:
+        if self._shard is not None and self._dirty:
             self._shard.flush()
+        self._flushed, self._dirty = time.monotonic(), False
 
     def _save_meta(self, **changes: Any) -> None:
         self._meta = msgspec.structs.replace(self._meta, **changes)
@@ -302,29 +351,53 @@ class EdgeVectorStore(VectorStore):
 
     # ------------------------------------------------------------ lifecycle
 
-    def _open(self) -> None:
+    def _open(self, *, lazy: bool = False) -> None:
         with self._errors("open"):
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)  # memories' text and vectors are private
             self._meta = _read_meta(self.path / META_FILE)
             shard_dir = self.path / SHARD_DIR
+            self._checkpoint = self._meta.checkpoint
             if (shard_dir / EDGE_CONFIG).exists():
-                self._shard = EdgeShard.load(str(shard_dir))
-                if self._meta.dimension is None:  # memsync.json was lost: the shard's own config says
-                    self._meta = _meta_from_shard(shard_dir / EDGE_CONFIG, self._meta)
+                self._unloaded = True
+                if not lazy:
+                    self._ensure_loaded()
             elif shard_dir.exists():  # a creation that never finished: it holds nothing
                 shutil.rmtree(shard_dir)
 
-    def _close_shard(self) -> None:
-        shard, self._shard = self._shard, None
-        if shard is not None:
-            try:
-                shard.flush()
-            finally:
+    def _ensure_loaded(self) -> None:
+        """Load the shard :meth:`_open` found (its checkpoint point is the checkpoint)."""
+        if not self._unloaded:
+            return
+        shard_dir = self.path / SHARD_DIR
+        self._shard = EdgeShard.load(str(shard_dir))
+        self._unloaded = False
+        if self._meta.dimension is None:  # memsync.json was lost: the shard's own config says
+            self._meta = _meta_from_shard(shard_dir / EDGE_CONFIG, self._meta)
+        self._checkpoint = _stored_checkpoint(self._shard, self._meta.checkpoint)
+
+    def _recycle_shard(self) -> None:
+        """Flush, close and load the shard again: what it mapped while writing leaves the resident set.
+
+        A bulk load touches every page of the vector, payload and WAL files it
+        writes; those pages stay resident (VmRSS) as long as they are mapped.
+        """
+        self._close_shard()
+        self._shard = EdgeShard.load(str(self.path / SHARD_DIR))
+
+    def _close_shard(self, *, flush: bool = True) -> None:
+        self._unloaded = False  # not loaded yet: nothing to close
+        try:
+            if flush:
+                self._flush()
+        finally:
+            shard, self._shard = self._shard, None
+            if shard is not None:
                 shard.close()
 
     def _check_open(self) -> EdgeShard | None:
         if self._closed:
             raise StoreError(f"{self.describe()} is closed")
+        self._ensure_loaded()
         return self._shard
 
     def _rebuilt(self, fresh: Projection) -> EdgeVectorStore:
@@ -357,12 +430,27 @@ def open_edge_store(config: MemsyncConfig) -> EdgeVectorStore:
 # ---------------------------------------------------------------- helpers
 
 
-def _point(memory: MemoryState) -> Point:
+def _point(pid: str, memory: MemoryState) -> Point:
     assert memory.vector is not None
-    # a list converts about 3x faster than a numpy array in the bindings
-    return Point(
-        id=point_id(memory.memory_id), vector=vector_array(memory.vector).tolist(), payload=vector_payload(memory)
-    )
+    # the payload's keys cost the bindings the most (~5-8 µs each), then the vector
+    return Point(id=pid, vector=vector_values(memory.vector), payload=point_payload(memory))
+
+
+def _checkpoint_point(checkpoint: int) -> Point:
+    return Point(id=CHECKPOINT_POINT, vector={}, payload={CHECKPOINT_KEY: checkpoint})
+
+
+def _stored_checkpoint(shard: EdgeShard, fallback: int) -> int:
+    """The shard's checkpoint point; ``fallback`` (memsync.json's) when it has none yet.
+
+    A shard without the point was created by an older memsync (which kept the
+    checkpoint in memsync.json after a flush) or cut short right after its
+    creation, before it held anything.
+    """
+    found = shard.retrieve([CHECKPOINT_POINT], with_payload=True, with_vector=False)
+    payload = found[0].payload if found else None
+    value = payload.get(CHECKPOINT_KEY) if payload else None
+    return value if isinstance(value, int) else fallback
 
 
 def _condition(condition: Condition) -> FieldCondition | IsNullCondition:
@@ -370,7 +458,7 @@ def _condition(condition: Condition) -> FieldCondition | IsNullCondition:
         return FieldCondition(key=condition.key, match=MatchValue(condition.value))
     if isinstance(condition, IsNull):
         return IsNullCondition(condition.key)
-    return FieldCondition(key=condition.key, range=RangeFloat(gte=condition.value, lte=condition.value))
+    return FieldCondition(key=condition.key, range=RangeFloat(gte=condition.low, lte=condition.high))
 
 
 def _read_meta(path: Path) -> _Meta:
@@ -394,7 +482,7 @@ def _meta_from_shard(edge_config: Path, meta: _Meta) -> _Meta:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` so that a crash leaves the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # recreated after a wipe: private again
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)

@@ -9,9 +9,11 @@ drops the old collection. The client's local mode keeps aliases too (in its
 
 The checkpoint lives in the physical collection's metadata (``memsync_checkpoint``),
 written after the points (``wait=True``); dropping the collection resets it.
-The collection is created once the dimension is known (config, else the first
-vector); until then there is nothing to store and the checkpoint stays in
-memory, which at worst makes a restart replay events that wrote nothing.
+The collection gets its vectors once the dimension is known (config, else the
+first vector). Until then a checkpoint is kept in a *placeholder*: a physical
+collection without vectors behind the same alias, which the first vector
+replaces by the real one (created with the checkpoint, then the alias swapped,
+then the placeholder dropped; it holds no points, so nothing is copied).
 
 Driver errors are translated in :meth:`QdrantVectorStore._errors`: no answer,
 timeouts and 5xx/429 become :class:`~memsync.errors.StoreUnavailable`, other
@@ -38,12 +40,13 @@ from memsync.config import MemsyncConfig, VectorConfig
 from memsync.errors import MemsyncError, StoreError, StoreLocked, StoreUnavailable
 from memsync.fold import MemoryState
 from memsync.locks import DirLock
-from memsync.stores import Op, Projection, VectorHit, VectorPoint, VectorStore, point_id, vector_payload
+from memsync.stores import Op, Projection, VectorHit, VectorPoint, VectorStore
 from projections._vector_common import (
     INDEXED_FIELDS,
     PAGE,
     Condition,
     IsNull,
+    Keyed,
     Match,
     Put,
     Remove,
@@ -52,6 +55,7 @@ from projections._vector_common import (
     batch_context,
     check_dimensions,
     plan,
+    point_payload,
     same_vector,
     scroll_points,
     search_conditions,
@@ -94,9 +98,8 @@ class QdrantVectorStore(VectorStore):
         self._mutex = threading.RLock()
         self._resolved = False
         self._collection: str | None = None  # the physical collection, once it exists
-        self._dimension: int | None = None
+        self._dimension: int | None = None  # None while there is no collection, or only a placeholder
         self._distance: str = config.distance
-        self._pending = 0  # the checkpoint while there is no collection to hold it
         self._mirror: int | None = None  # local mode: this process owns the store, no need to re-read
         self._stale = False  # our collection vanished (a server answered 404): see _errors
         self._closed = False
@@ -109,11 +112,8 @@ class QdrantVectorStore(VectorStore):
                 self._stale, self._resolved, self._collection, self._mirror = False, False, None, None
             self._resolve()
             if self._collection is None:
-                return self._pending
-            if self._mirror is not None:
-                return self._mirror
-            metadata = self._client.get_collection(self._collection).config.metadata or {}
-            checkpoint = int(metadata.get(CHECKPOINT_KEY, 0))
+                return 0
+            checkpoint = self._stored_checkpoint()
             if not self._server:
                 self._mirror = checkpoint
             return checkpoint
@@ -125,7 +125,7 @@ class QdrantVectorStore(VectorStore):
             self._resolve()
             for step in steps:
                 self._write(step)
-            if self._collection is None and self._config.dimension is not None:
+            if self._dimension is None and self._config.dimension is not None:
                 self._ensure_collection(self._config.dimension)
             self._save_checkpoint(checkpoint)
 
@@ -135,6 +135,8 @@ class QdrantVectorStore(VectorStore):
             self._resolve()
             for chunk in with_vectors(memories, BULK_BATCH):
                 self._put(chunk)
+            if self._dimension is None and self._config.dimension is not None:
+                self._ensure_collection(self._config.dimension)
             self._save_checkpoint(checkpoint)
 
     def search(
@@ -153,7 +155,7 @@ class QdrantVectorStore(VectorStore):
         def page(offset: int, size: int) -> list[VectorHit]:
             with self._mutex, self._errors("search"):
                 target = self._target()
-                if target is None:
+                if target is None or self._dimension is None:  # nothing, or a placeholder without vectors
                     return []
                 found = self._client.query_points(
                     target,
@@ -200,7 +202,6 @@ class QdrantVectorStore(VectorStore):
                 self._client.delete_collection(self._collection)  # its aliases go with it
             self._collection = None
             self._dimension = None
-            self._pending = 0
             self._mirror = None
 
     def begin_rebuild(self) -> QdrantVectorStore:
@@ -241,7 +242,7 @@ class QdrantVectorStore(VectorStore):
             if old is not None and old != alias:
                 self._client.delete_collection(old)
             self._collection, self._dimension, self._distance = fresh._collection, fresh._dimension, fresh._distance
-            self._pending, self._mirror = fresh._pending, fresh._mirror
+            self._mirror = fresh._mirror
             fresh._collection = None
             fresh.close()
 
@@ -277,7 +278,7 @@ class QdrantVectorStore(VectorStore):
 
     def _write(self, step: Step) -> None:
         if isinstance(step, Put):
-            self._put(list(step.memories.values()))
+            self._put(list(step.memories.items()))
             return
         if self._collection is None:
             return
@@ -292,43 +293,65 @@ class QdrantVectorStore(VectorStore):
             selector = qm.FilterSelector(filter=qm.Filter())
         self._client.delete(self._collection, points_selector=selector, wait=True)
 
-    def _put(self, memories: list[MemoryState]) -> None:
-        dimension = check_dimensions(memories, self._dimension or self._config.dimension)
+    def _put(self, items: Keyed) -> None:
+        dimension = check_dimensions((m for _, m in items), self._dimension or self._config.dimension)
         assert dimension is not None
         self._ensure_collection(dimension)
-        write_points(memories, self._upsert)
+        write_points(items, self._upsert)
 
-    def _upsert(self, memories: list[MemoryState]) -> None:
+    def _upsert(self, items: Keyed) -> None:
         assert self._collection is not None
-        points = [_point(m) for m in memories]
-        with self._errors(batch_context(memories)):
+        points = [_point(pid, m) for pid, m in items]
+        with self._errors(batch_context(items)):
             self._client.upsert(self._collection, points=points, wait=True)
 
     def _save_checkpoint(self, checkpoint: int) -> None:
-        if self._collection is None:
-            self._pending = checkpoint
+        if self._collection is None:  # no dimension yet: a placeholder holds the checkpoint
+            self._create(self._planned or _physical_name(self._config.collection), None, checkpoint)
             return
         self._client.update_collection(self._collection, metadata={CHECKPOINT_KEY: checkpoint})
         if not self._server:
             self._mirror = checkpoint
 
     def _ensure_collection(self, dimension: int) -> str:
-        if self._collection is not None:
+        """The collection with vectors of ``dimension`` (the configured one wins), created once."""
+        if self._collection is not None and self._dimension is not None:
             return self._collection
-        name = self._planned or _physical_name(self._config.collection)
-        dimension = self._config.dimension or dimension
-        params = qm.VectorParams(size=dimension, distance=_DISTANCE[self._config.distance])
-        self._client.create_collection(name, vectors_config=params, metadata={CHECKPOINT_KEY: self._pending})
-        if self._server:  # local mode ignores payload indexes (and warns)
+        placeholder = self._collection
+        checkpoint = 0 if placeholder is None else self._stored_checkpoint()
+        name = self._planned if placeholder is None and self._planned else _physical_name(self._config.collection)
+        self._create(name, self._config.dimension or dimension, checkpoint)
+        if placeholder is not None:
+            self._client.delete_collection(placeholder)
+        assert self._collection is not None
+        return self._collection
+
+    def _create(self, name: str, dimension: int | None, checkpoint: int) -> None:
+        """Create ``name`` holding ``checkpoint`` (no vectors: a placeholder) and point the alias at it."""
+        vectors: qm.VectorParams | dict[str, qm.VectorParams] = {}
+        if dimension is not None:
+            vectors = qm.VectorParams(size=dimension, distance=_DISTANCE[self._config.distance])
+        self._client.create_collection(name, vectors_config=vectors, metadata={CHECKPOINT_KEY: checkpoint})
+        if self._server and dimension is not None:  # local mode ignores payload indexes (and warns)
             for field in INDEXED_FIELDS:
                 self._client.create_payload_index(name, field, field_schema=qm.PayloadSchemaType.KEYWORD, wait=True)
         if self._alias is not None:
+            changes: list[qm.DeleteAliasOperation | qm.CreateAliasOperation] = []
+            if self._collection is not None:  # replacing a placeholder: one atomic alias swap
+                changes.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=self._alias)))
             create = qm.CreateAlias(collection_name=name, alias_name=self._alias)
-            self._client.update_collection_aliases(
-                change_aliases_operations=[qm.CreateAliasOperation(create_alias=create)]
-            )
+            changes.append(qm.CreateAliasOperation(create_alias=create))
+            self._client.update_collection_aliases(change_aliases_operations=changes)
         self._collection, self._dimension, self._distance = name, dimension, self._config.distance
-        return name
+        if not self._server:
+            self._mirror = checkpoint
+
+    def _stored_checkpoint(self) -> int:
+        assert self._collection is not None
+        if self._mirror is not None:
+            return self._mirror
+        metadata = self._client.get_collection(self._collection).config.metadata or {}
+        return int(metadata.get(CHECKPOINT_KEY, 0))
 
     # ------------------------------------------------------------ resolving names
 
@@ -455,10 +478,10 @@ def _safe_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def _point(memory: MemoryState) -> qm.PointStruct:
+def _point(pid: str, memory: MemoryState) -> qm.PointStruct:
     assert memory.vector is not None
     vector = vector_array(memory.vector).tolist()
-    return qm.PointStruct(id=point_id(memory.memory_id), vector=vector, payload=vector_payload(memory))
+    return qm.PointStruct(id=pid, vector=vector, payload=point_payload(memory))
 
 
 def _condition(condition: Condition) -> qm.FieldCondition | qm.IsNullCondition:
@@ -466,4 +489,4 @@ def _condition(condition: Condition) -> qm.FieldCondition | qm.IsNullCondition:
         return qm.FieldCondition(key=condition.key, match=qm.MatchValue(value=condition.value))
     if isinstance(condition, IsNull):
         return qm.IsNullCondition(is_null=qm.PayloadField(key=condition.key))
-    return qm.FieldCondition(key=condition.key, range=qm.Range(gte=condition.value, lte=condition.value))
+    return qm.FieldCondition(key=condition.key, range=qm.Range(gte=condition.low, lte=condition.high))

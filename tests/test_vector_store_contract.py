@@ -634,7 +634,7 @@ def test_edge_lost_meta_file_recovers_the_dimension_from_the_shard(data_dir: Pat
     (store.path / "memsync.json").unlink()
     store = open_backend("edge", data_dir)
     try:
-        assert store.checkpoint() == 0  # replaying from 0 is idempotent
+        assert store.checkpoint() == 1  # once the shard exists, the checkpoint is a point in it
         with pytest.raises(StoreError, match=r"'c'.*dimension 3"):
             store.apply([Upsert(memory("c", [1.0, 2.0, 3.0])), Upsert(memory("b"))], 2)
     finally:
@@ -695,3 +695,66 @@ def test_point_ids_are_the_memory_uuid_or_uuid5() -> None:
     given = str(uuid.uuid4())
     assert point_id(given) == given
     assert uuid.UUID(point_id("m-1")).version == 5
+
+
+# ---------------------------------------------------------------- exact metadata, ids, the Edge WAL checkpoint
+
+
+def test_metadata_floats_and_hostile_filter_keys_round_trip(store: Any) -> None:
+    floats = {"x": -0.10101787042252375, "l": [0.1, 1e-300, -2.5e300], "d": {"y": 0.30000000000000004}}
+    odd = {'q"k': 1, "b\\s": "v", "a.b[0]": True}
+    store.apply([Upsert(memory("f", metadata=floats)), Upsert(memory("o", [0.0, 1.0, 0.0, 0.0], metadata=odd))], 2)
+    assert_holds(store, {"f": memory("f", metadata=floats), "o": memory("o", [0.0, 1.0, 0.0, 0.0], metadata=odd)})
+    v = [1.0, 0.0, 0.0, 0.0]
+    assert [h.memory_id for h in store.search(v, scope={"user_id": "alice"}, filters={"x": floats["x"]})] == ["f"]
+    assert store.search(v, scope={"user_id": "alice"}, filters={"x": -0.10101787042252376}) == []
+    for key, value in odd.items():
+        hits = store.search(v, scope={"user_id": "alice"}, filters={key: value})
+        assert [h.memory_id for h in hits] == ["o"], key
+        assert hits[0].payload["metadata"] == odd
+
+
+def test_fast_point_id_is_point_id() -> None:
+    from projections._vector_common import fast_point_id
+
+    rng = random.Random(5)
+    a_uuid = uuid.uuid4()
+    ids = ["", "a", "名前\u200b🚀", "x" * 31, "x" * 32, str(a_uuid), a_uuid.hex, "{" + str(a_uuid) + "}"]
+    ids += ["".join(rng.choice("ab-0f{}:") for _ in range(rng.randint(0, 40))) for _ in range(2000)]
+    for memory_id in ids:
+        assert fast_point_id(memory_id) == point_id(memory_id), memory_id
+
+
+KILLED_AFTER_APPLIES = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from memsync.config import MemsyncConfig
+    from memsync.stores import Delete, Upsert
+    from tests.test_vector_store_contract import memory, open_backend
+
+    store = open_backend("edge", Path(sys.argv[1]))
+    flushes = []
+    store._flush = lambda: flushes.append(1)  # any flush from here on would show (and not happen)
+    for batch in range(1, 41):
+        ops = [Upsert(memory(f"m{batch}-{k}", [1.0, float(k), 0.0, 0.0], seq=batch)) for k in range(3)]
+        store.apply(ops + [Delete(f"m{batch - 1}-0")], batch)
+    assert not flushes
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_edge_apply_does_not_flush_and_a_killed_process_keeps_checkpoint_and_batches(data_dir: Path) -> None:
+    store = open_backend("edge", data_dir)
+    store.apply([Upsert(memory("m0-0"))], 0)  # the shard exists (and is flushed at close)
+    store.close()
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_APPLIES, str(data_dir)], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    store = open_backend("edge", data_dir)
+    try:
+        assert store.checkpoint() == 40
+        expected = {f"m{b}-{k}" for b in range(1, 41) for k in range(3)} - {f"m{b}-0" for b in range(1, 40)}
+        assert {p.memory_id for p in store.points()} == expected
+    finally:
+        store.close()
