@@ -17,19 +17,21 @@ directories for the whole time.
 Engine facts this module works around (ladybug 0.22): the Python binding caches
 every statement it prepares, keyed by the parameters' types, with the last
 parameters bound, and an Arrow table is a new type each time, so the writer
-connection is recycled after a bulk load and every RECYCLE_EVERY transactions
-(the cache would keep every chunk alive); re-executing a cached ``COPY … FROM
+connection is recycled after each bulk-load chunk and every RECYCLE_EVERY
+transactions (the cache would keep every chunk alive); re-executing a cached ``COPY … FROM
 (subquery)`` crashes the process, so without pyarrow every COPY gets its own
-text. ``apply`` does not COPY: a COPY in a transaction adds ~170 ms to its
-commit. Driver errors are ``RuntimeError``; they become
+text. ``apply`` does not COPY: the commit of a transaction that COPYs runs the
+engine's CHECKPOINT (that is what makes the rows durable; see bulk_load), ~170 ms
+and more. Driver errors are ``RuntimeError``; they become
 :class:`~memsync.errors.StoreError` in :meth:`LadybugGraphStore._transaction`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,8 +53,15 @@ try:  # pyarrow makes bulk loads ~5x faster (COPY FROM an Arrow table instead of
 except ImportError:  # pragma: no cover - the fallback is tested by setting pyarrow to None
     pyarrow = None
 
+_malloc_trim: Callable[[int], int] | None
+try:  # glibc: hand the heap freed by a bulk-load chunk back to the OS (it keeps it otherwise)
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # pragma: no cover - not glibc
+    _malloc_trim = None
+
 DB_FILE = "memsync.lbug"
-BULK_CHUNK = 50_000
+BULK_CHUNK = 20_000  # memories per bulk-load transaction (see bulk_load)
+BUFFER_POOL = 512 * 2**20  # bytes, at least (see buffer_pool_for); the engine's default is 80 % of the RAM
 RECYCLE_EVERY = 256  # write transactions per writer connection (see _recycle_writer)
 WHAT = "LadybugDB graph store"
 
@@ -72,6 +81,28 @@ def open_ladybug_store(config: MemsyncConfig) -> LadybugGraphStore:
     """Open (creating if needed) the store at ``config.graph_path()``, owning it until close()."""
     path = Path(config.graph_path())
     return open_locked(path, WHAT, lambda lock: LadybugGraphStore(path, lock=lock))
+
+
+def release_memory() -> None:
+    """Return memory freed by a chunk to the OS: Arrow's pool and the C heap keep it for reuse."""
+    if pyarrow is not None:
+        pyarrow.default_memory_pool().release_unused()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def buffer_pool_for(path: Path) -> int:
+    """The buffer pool for the database in ``path``: BUFFER_POOL, or 4x the database file if larger.
+
+    The pool bounds the engine's memory, but a bulk load needs room in proportion
+    to the graph (measured: 130 k memories, a 62 MB file, fail to load with a
+    32 MB pool and load with 64 MB); a rebuild gets the pool of the store it replaces.
+    """
+    try:
+        size = (path / DB_FILE).stat().st_size
+    except OSError:
+        size = 0
+    return max(BUFFER_POOL, 4 * size)
 
 
 class _Tx:
@@ -96,7 +127,7 @@ class LadybugGraphStore(CypherGraphStore):
     lives under its parent's lock).
     """
 
-    def __init__(self, path: Path, *, lock: DirLock | None = None) -> None:
+    def __init__(self, path: Path, *, lock: DirLock | None = None, buffer_pool: int | None = None) -> None:
         self.path = path
         self._lock = lock
         self._write_lock = threading.Lock()
@@ -107,6 +138,7 @@ class LadybugGraphStore(CypherGraphStore):
         self._fresh: LadybugGraphStore | None = None
         self._copies = 0
         self._writes = 0
+        self._buffer_pool = buffer_pool or buffer_pool_for(path)
         self._open()
 
     def describe(self) -> str:
@@ -117,7 +149,11 @@ class LadybugGraphStore(CypherGraphStore):
     def _open(self) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = ladybug.Database(str(self.path / DB_FILE))
+            # A kill in the middle of a WAL write leaves a torn last record: replay the whole
+            # transactions before it instead of refusing to open (each carries its own checkpoint).
+            self._db = ladybug.Database(
+                str(self.path / DB_FILE), buffer_pool_size=self._buffer_pool, throw_on_wal_replay_failure=False
+            )
             self._writer = ladybug.Connection(self._db)
             self._reader = ladybug.Connection(self._db)
             for statement in SCHEMA:
@@ -183,23 +219,50 @@ class LadybugGraphStore(CypherGraphStore):
     # -- bulk load
 
     def bulk_load(self, memories: Iterable[MemoryState], checkpoint: int) -> None:
-        """COPY the memories, entities and edges in chunks, all in one transaction."""
+        """COPY the memories, entities and edges, a transaction per chunk; the checkpoint last, alone.
+
+        Rows a COPY writes become durable through the engine's own CHECKPOINT, not
+        its WAL, while every other write of the same transaction is WAL-durable: a
+        kill during that CHECKPOINT loses the rows and keeps the rest. So the rows
+        are committed and CHECKPOINTed first, and only then the store checkpoint is
+        written, in a transaction of its own: a kill before it leaves this store at
+        checkpoint 0 (it was empty) over the chunks already durable, and catching
+        up from 0 rewrites each of those memories (every apply is idempotent, and
+        an entity that lost a MENTIONS is retyped exactly). A transaction, a writer
+        and the chunk's Arrow tables per chunk bound the memory a load takes.
+        """
+        with self._read("checking the store is empty") as tx:
+            if tx.run(Q.HAS_DATA):
+                raise StoreError(f"{self.describe()}: bulk_load needs an empty store")
         bulk = BulkRows()
         try:
-            with self._write(f"bulk loading up to seq {checkpoint}") as tx:
-                if tx.run(Q.HAS_DATA):
-                    raise StoreError(f"{self.describe()}: bulk_load needs an empty store")
-                for chunk in batched(memories, BULK_CHUNK):
-                    rows, entities = bulk.chunk(chunk)
+            for chunk in batched(memories, BULK_CHUNK):
+                rows, entities = bulk.chunk(chunk)
+                with self._write(f"bulk loading {len(chunk)} memories up to seq {checkpoint}") as tx:
                     self._copy(tx, "Memory", rows.memories)
                     self._copy(tx, "Entity", entities)
                     self._copy(tx, "MENTIONS", rows.mentions)
                     self._copy(tx, "RELATES", rows.relates)
+                del rows, entities
+                with self._write_lock:
+                    self._recycle_writer()  # the statement cache holds the chunk's Arrow tables
+                release_memory()
+            self._checkpoint_engine(f"making a bulk load up to seq {checkpoint} durable")
+            with self._write(f"finishing a bulk load at seq {checkpoint}") as tx:
                 self._batch(tx, Q.SET_TYPES, bulk.retyped())
                 self._set_checkpoint(tx, checkpoint)
         finally:
             with self._write_lock:
                 self._recycle_writer()
+
+    def _checkpoint_engine(self, what: str) -> None:
+        """The engine's CHECKPOINT: what is committed is in the database file, not only in the WAL."""
+        with self._write_lock:
+            conn = self._connection(self._writer)
+            try:
+                conn.execute("CHECKPOINT")
+            except RuntimeError as e:
+                raise StoreError(f"{self.describe()}: {what} failed: {e}") from e
 
     def _copy(self, tx: _Tx, table: str, rows: list[Row]) -> None:
         """COPY rows (dicts in the table's property order) into a table."""
@@ -231,7 +294,7 @@ class LadybugGraphStore(CypherGraphStore):
         if self._fresh is not None:
             raise StoreError(f"{self.describe()}: a rebuild is already under way")
         self._connection(self._writer)
-        self._fresh = LadybugGraphStore(rebuild_dir(self.path), lock=None)
+        self._fresh = LadybugGraphStore(rebuild_dir(self.path), lock=None, buffer_pool=self._buffer_pool)
         return self._fresh
 
     def commit_rebuild(self, fresh: Projection) -> None:

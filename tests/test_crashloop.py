@@ -17,11 +17,9 @@ from tests import crashloop
 
 
 def test_kill_9_appender_and_projector_at_random_points(tmp_path: Path) -> None:
-    # Without `rebuild --in-place`: a kill while LadybugDB checkpoints one strands the graph, a known bug
-    # pinned deterministically in test_fault_matrix.py (test_kill_9_while_ladybug_checkpoints_an_in_place_rebuild).
-    # The long run (python -m tests.crashloop) keeps the mode.
-    report = crashloop.run(points=15, events=3000, seed=7, workdir=tmp_path, in_place=False)
+    report = crashloop.run(points=15, events=3000, seed=7, workdir=tmp_path)
     assert report.ok and report.head == report.acknowledged == 3000
+    assert set(report.projector_modes) == {"follow", "rebuild", "rebuild --in-place"}, report
     assert report.kills["appender"] >= 3 and report.kills["projector"] >= 3, report
     assert report.log_checks >= 15 and report.store_checks >= 3 and report.catch_up_checks >= 1, report
 

@@ -31,7 +31,7 @@ from memsync import Memory
 from memsync.config import MemsyncConfig
 from memsync.errors import StoreUnavailable
 from memsync.events import event_to_dict
-from memsync.stores import Op, Upsert
+from memsync.stores import GraphStore, Op, Upsert
 from memsync.system import MemSync
 from memsync.verify import verify_store
 from tests.streams import random_stream
@@ -74,12 +74,12 @@ def fill(data: Path, n: int = 200, *, seed: int = 4, project: bool = True) -> in
         return system.log.head().seq
 
 
-def run_until_killed(tmp_path: Path, source: str, data: Path) -> None:
-    """Run a script (given ``data``) that ends by SIGKILLing itself, as a crash would."""
+def run_until_killed(tmp_path: Path, source: str, data: Path, *args: str) -> None:
+    """Run a script (given ``data`` and ``args``) that ends by SIGKILLing itself, as a crash would."""
     script = tmp_path / "crash.py"
     script.write_text(source)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(script), str(data)], env=env, capture_output=True, timeout=120)
+    done = subprocess.run([sys.executable, str(script), str(data), *args], env=env, capture_output=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr
 
 
@@ -227,13 +227,6 @@ CRASH_MID_WIPE = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (projections/vector_edge.py wipe): `rebuild --in-place` deletes the live store directory with "
-    "rmtree; a crash after the shard is gone but before memsync.json is leaves the old checkpoint over an empty "
-    "store: permanent drift that catching up never repairs. Suggested fix: rename the directory aside "
-    "(fsync the parent) before deleting it, and let _dirswap.recover delete that leftover.",
-)
 def test_crash_in_the_middle_of_an_in_place_rebuild_of_the_edge_store(tmp_path: Path) -> None:
     data = tmp_path / "data"
     head = fill(data, 200)
@@ -265,22 +258,56 @@ KILLED_WHILE_LADYBUG_CHECKPOINTS = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (LadybugDB 0.22 COPY, used by projections/graph_ladybug.py bulk_load; found by the long crash "
-    "loop): rows a COPY wrote are made durable by LadybugDB's checkpoint, not its WAL; kill -9 during that "
-    "checkpoint loses them while the same transaction's other writes (the store checkpoint node) survive, so "
-    "`rebuild --in-place` killed then leaves checkpoint = target over a partial graph: drift that catching up "
-    "never repairs. A plain ladybug script shows the engine side (COPY + SET in one transaction, kill during "
-    "CHECKPOINT: the SET survives, the rows do not). Suggested fix: bulk_load commits the rows, runs "
-    "CHECKPOINT, and only then writes the store checkpoint in a second transaction (or in-place rebuilds of "
-    "this store take the build-and-swap path, whose close() checkpoints before the swap is marked complete).",
-)
 def test_kill_9_while_ladybug_checkpoints_an_in_place_rebuild(tmp_path: Path) -> None:
     data = tmp_path / "data"
     head = fill(data, 300)
     run_until_killed(tmp_path, KILLED_WHILE_LADYBUG_CHECKPOINTS, data)
-    assert_converges(data, "graph", head)
+    assert_converges(data, "graph", head)  # the rows were lost with the store checkpoint: empty at 0
+
+
+KILLED_IN_A_CHUNKED_BULK_LOAD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from memsync.config import MemsyncConfig
+    from memsync.system import MemSync
+    from projections import graph_ladybug
+
+    graph_ladybug.BULK_CHUNK = 4  # several chunks (of the ~15 live memories), each its own transaction
+    store_class = graph_ladybug.LadybugGraphStore
+    recycle, set_checkpoint = store_class._recycle_writer, store_class._set_checkpoint
+    chunks = []
+
+    def after_a_chunk(self):  # the writer is recycled after each committed chunk
+        chunks.append(1)
+        if sys.argv[2] == "after 2 chunks" and len(chunks) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        recycle(self)
+
+    def at_the_store_checkpoint(self, tx, seq):
+        if seq and sys.argv[2] == "at the store checkpoint":
+            os.kill(os.getpid(), signal.SIGKILL)
+        set_checkpoint(self, tx, seq)
+
+    store_class._recycle_writer, store_class._set_checkpoint = after_a_chunk, at_the_store_checkpoint
+    MemSync(MemsyncConfig(data_dir=Path(sys.argv[1]))).rebuild(["graph"], in_place=True)
+    """
+)
+
+
+@pytest.mark.parametrize("when", ["after 2 chunks", "at the store checkpoint"])
+def test_kill_9_in_a_chunked_in_place_bulk_load_leaves_checkpoint_0_and_converges(tmp_path: Path, when: str) -> None:
+    """Durable chunks under checkpoint 0 (entity types maybe not final yet): catching up rewrites them all."""
+    data = tmp_path / "data"
+    head = fill(data, 300)
+    run_until_killed(tmp_path, KILLED_IN_A_CHUNKED_BULK_LOAD, data, when)
+    with MemSync(MemsyncConfig(data_dir=data)) as system:
+        store = system.store("graph")
+        assert isinstance(store, GraphStore)
+        assert store.checkpoint() == 0 and store.counts()["memories"] >= 8  # rows durable, checkpoint not
+        system.project()
+        drift = verify_store(system.log, store)
+        assert drift.ok and drift.checkpoint == head, drift
 
 
 # ---------------------------------------------------------------- kill -9 tears the graph store's WAL
@@ -302,14 +329,6 @@ KILLED_WITH_TRANSACTIONS_IN_THE_WAL = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (projections/graph_ladybug.py _open; found by the long crash loop): kill -9 during a WAL write "
-    "leaves a torn last record, and LadybugDB then refuses to open the store at all ('Reading past the end of "
-    "the file …memsync.lbug.wal'), so the graph projection is stranded until someone deletes it. Suggested "
-    "fix: open with ladybug.Database(..., throw_on_wal_replay_failure=False), which replays up to the torn "
-    "record (checked by hand: the store opens at the last whole batch, and catching up is clean).",
-)
 @pytest.mark.parametrize("torn_bytes", [1, 100])
 def test_kill_9_that_tears_the_graph_wal_does_not_strand_the_projection(tmp_path: Path, torn_bytes: int) -> None:
     data = tmp_path / "data"
@@ -393,12 +412,6 @@ def test_disk_full_while_appending_records_nothing_and_recovers(tmp_path: Path) 
     assert run([MEMSYNC, "--data-dir", str(data), "append", str(big)], env=env).returncode == 0  # space is back
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (memsync/sqlite_log.py _commit): SQLite already rolled the transaction back after the I/O error, "
-    "so the explicit ROLLBACK fails and its error ('cannot rollback - no transaction is active') replaces the "
-    "real cause. Suggested fix: `if db.in_transaction: db.execute('ROLLBACK')`.",
-)
 def test_disk_full_error_names_the_real_cause(tmp_path: Path) -> None:
     data = tmp_path / "data"
     fill(data, 20, project=False)
@@ -474,15 +487,10 @@ def test_corrupted_sqlite_file_gives_clear_errors_never_a_traceback(tmp_path: Pa
         assert set(codes.values()) == {3}, codes  # nothing can be read: every command says so
     elif corruption in ("events page", "last events page"):
         assert codes["audit"] in (1, 3) and codes["export"] == 3, codes  # the chain cannot be walked
-    # index and memories pages are not part of the hash chain: see the xfail test below
+    else:  # index and memories pages are outside the hash chain: SQLite's own check finds them
+        assert codes["audit"] in (1, 3), codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (memsync/sqlite_log.py): audit walks the hash chain of the events table only, so garbage over an "
-    "index or the memories table (which drive command validation and queries) passes audit while other "
-    "commands fail or answer wrongly. Suggested fix: audit also runs `PRAGMA quick_check` on SQLite.",
-)
 @pytest.mark.parametrize("table", ["memories", "events_user"])
 def test_audit_notices_corruption_outside_the_events_table(tmp_path: Path, table: str) -> None:
     data = tmp_path / "data"
@@ -491,12 +499,6 @@ def test_audit_notices_corruption_outside_the_events_table(tmp_path: Path, table
     assert cli(data, "audit").exit_code != 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (memsync/log.py StoredRow.to_record): a stored payload that no longer decodes (bit rot) raises "
-    "msgspec.DecodeError out of log/export/history/verify/project: a traceback and exit 1. Suggested fix: "
-    "translate it there into TamperError(seq, 'stored payload does not decode: …').",
-)
 def test_a_payload_that_no_longer_decodes_is_a_clear_error(tmp_path: Path) -> None:
     data = tmp_path / "data"
     fill(data, 100)
@@ -549,12 +551,6 @@ def test_read_only_data_directory_gives_a_clear_error(tmp_path: Path) -> None:
     assert json.loads(cli(data, "status", "--json").stdout)["head"]["seq"] == head
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (memsync/sqlite_log.py _connect): creating the data directory or events.db is outside the "
-    "try block, so a data directory that cannot be created (read-only or permission denied) raises a raw "
-    "OSError: a traceback and exit 1. Suggested fix: translate OSError there into LogError naming the path.",
-)
 def test_data_directory_that_cannot_be_created_gives_a_clear_error(tmp_path: Path) -> None:
     parent = tmp_path / "ro"
     parent.mkdir()
