@@ -407,7 +407,7 @@ def log_cmd(
             since=_time(since, "since"),
             until=_time(until, "until"),
         )
-        for record in app(ctx).log.query(query, after=after, limit=limit, descending=desc):
+        for record in app(ctx).log.query(query, after=after, limit=limit, descending=desc, vectors=as_json):
             if as_json:
                 emit(record.to_dict())
             else:

@@ -8,7 +8,8 @@ Per size:
   ``memsync history`` and ``Memory.history`` do, for random memories (live or not);
 * ``log --user`` first page latency (p50, p99): the first 1000 records of
   ``log.query(LogQuery(user_id=…))`` (the page the SQLite log reads per query),
-  for random users, the busiest and the rarest included;
+  for random users, the busiest and the rarest included; and the same page with
+  ``vectors=False`` (vectors left as float32 bytes: all a text listing needs);
 * ``rebuild all`` (vector into Qdrant Edge, then graph into LadybugDB) in a child
   process, as ``memsync rebuild`` runs it: events/s of each, and the child's peak
   RSS (VmHWM from /proc/self/status) after each.
@@ -71,6 +72,7 @@ def _reads(path: Path, samples: int, rounds: int) -> dict[str, Any]:
     memories, users = _sample(path, samples, seed=3)
     history: list[list[float]] = []
     first_page: list[list[float]] = []
+    first_text_page: list[list[float]] = []
     with SQLiteEventLog(path) as log:
         started = time.perf_counter()
         count = sum(1 for _ in log.read())
@@ -79,7 +81,12 @@ def _reads(path: Path, samples: int, rounds: int) -> dict[str, Any]:
             history.append(_latencies(lambda m: memory_history(m, log.read_stream(m)), memories, r))
             page = _latencies(lambda u: list(islice(log.query(LogQuery(user_id=u), limit=PAGE), PAGE)), users, r)
             first_page.append(page)
-    p99 = {name: [percentile(x, 99) for x in runs[1:]] for name, runs in (("history", history), ("log", first_page))}
+            bytes_page = _latencies(  # vectors left as float32 bytes: all a text listing needs
+                lambda u: list(islice(log.query(LogQuery(user_id=u), limit=PAGE, vectors=False), PAGE)), users, r
+            )
+            first_text_page.append(bytes_page)
+    latencies = (("history", history), ("log", first_page), ("log_text", first_text_page))
+    p99 = {name: [percentile(x, 99) for x in runs[1:]] for name, runs in latencies}
     return {
         "read_events_per_s": read_rate,
         "history_p50_ms": median([median(x) for x in history[1:]]),
@@ -88,6 +95,9 @@ def _reads(path: Path, samples: int, rounds: int) -> dict[str, Any]:
         "log_user_p50_ms": median([median(x) for x in first_page[1:]]),
         "log_user_p99_ms": median(p99["log"]),
         "log_user_p99_rounds_ms": p99["log"],
+        "log_user_text_p50_ms": median([median(x) for x in first_text_page[1:]]),
+        "log_user_text_p99_ms": median(p99["log_text"]),
+        "log_user_text_p99_rounds_ms": p99["log_text"],
         "history_samples": len(memories),
         "log_user_samples": len(users),
     }
@@ -166,10 +176,14 @@ def scale(settings: Settings) -> list[Result]:
         ).check(max_value=2.0),
         Figure(
             "scale",
-            f"log --user first page ({PAGE}) p99 at {largest:,} events",
-            top["log_user_p99_ms"],
+            f"log --user first page ({PAGE}) p99 at {largest:,} events (as the CLI lists it: vectors as bytes)",
+            top["log_user_text_p99_ms"],
             "ms",
-            detail={"p50_ms": top["log_user_p50_ms"]},
+            detail={
+                "p50_ms": top["log_user_text_p50_ms"],
+                "with_vector_lists_p50_ms": top["log_user_p50_ms"],
+                "with_vector_lists_p99_ms": top["log_user_p99_ms"],
+            },
         ).check(max_value=50.0),
         Figure(
             "scale",

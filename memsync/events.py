@@ -371,7 +371,7 @@ def _validate(event: Event, line: int | None) -> bytes | None:
         if value is not None and ("\x00" in value or not value.isascii()):  # the common case costs no call
             if (problem := _text_problem(value)) is not None:
                 raise fail(name, problem)
-    if isinstance(event, MemoryAdded | MemoryUpdated | MemoryDeleted):
+    if isinstance(event, _MEMORY_CLASSES):
         if not event.memory_id.strip():
             raise fail("memory_id", "must not be empty")
         if event.expected_version is not None and event.expected_version < 0:
@@ -379,7 +379,7 @@ def _validate(event: Event, line: int | None) -> bytes | None:
     if isinstance(event, MemoryAdded):
         if not any(getattr(event, f) for f in SCOPE_FIELDS):
             raise fail("user_id", "or `agent_id` or `run_id` is required for memory.added")
-    if isinstance(event, MemoryAdded | MemoryUpdated):
+    if isinstance(event, _CONTENT_CLASSES):
         if isinstance(event, MemoryUpdated) and all(getattr(event, f) is None for f in UPDATABLE_FIELDS):
             raise fail("text", "or another of vector, metadata, entities, relations is required for memory.updated")
         if event.text is not None and not event.text.strip():
@@ -391,14 +391,15 @@ def _validate(event: Event, line: int | None) -> bytes | None:
             raise fail("metadata" + "".join(reversed(path)), problem)
         for i, entity in enumerate(event.entities or ()):
             for part, value in (("name", entity.name), ("type", entity.type)):
-                if value is not None and (problem := _text_problem(value)) is not None:
+                if value is None or (value.isascii() and "\x00" not in value):  # the common case: no call
+                    continue
+                if (problem := _text_problem(value)) is not None:
                     raise fail(f"entities[{i}].{part}", problem)
             if not normalize_name(entity.name):
                 raise fail(f"entities[{i}].name", "must not be empty")
         for i, rel in enumerate(event.relations or ()):
-            for part in ("source", "relation", "target"):
-                value = getattr(rel, part)
-                if (problem := _text_problem(value)) is not None:
+            for part, value in (("source", rel.source), ("relation", rel.relation), ("target", rel.target)):
+                if ("\x00" in value or not value.isascii()) and (problem := _text_problem(value)) is not None:
                     raise fail(f"relations[{i}].{part}", problem)
                 if not normalize_name(value):
                     raise fail(f"relations[{i}].{part}", "must not be empty")
@@ -407,6 +408,9 @@ def _validate(event: Event, line: int | None) -> bytes | None:
     return packed
 
 
+# tuples, not `A | B` unions: a union is a new (garbage-collected) object at every call
+_MEMORY_CLASSES: Final = (MemoryAdded, MemoryUpdated, MemoryDeleted)
+_CONTENT_CLASSES: Final = (MemoryAdded, MemoryUpdated)
 _SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
 _TOO_DEEP: Final = f"is nested deeper than {METADATA_MAX_DEPTH} levels of objects and arrays"
 
@@ -544,8 +548,8 @@ def decode_payload(payload: bytes, vector: bytes | None, *, seq: int | None = No
     """
     try:
         event: Event = _decoder.decode(payload)
-        if vector is not None:
-            event = msgspec.structs.replace(event, vector=unpack_vector(vector))
+        if vector is not None:  # set on the fresh struct in place: no second copy of it
+            msgspec.structs.force_setattr(event, "vector", unpack_vector(vector))
     except (ValueError, RecursionError) as e:  # msgspec.DecodeError is a ValueError, and so is a torn vector
         problem = f"the stored event does not decode: {e}"
         raise (LogError(problem) if seq is None else TamperError(seq, problem)) from e

@@ -71,6 +71,7 @@ from memsync.log import (
     Recorded,
     StoredRow,
     encodable,
+    gc_paused,
     plan_append,
     prepare,
 )
@@ -210,6 +211,7 @@ def _records(*, vectors: str) -> RowFactory[RecordedEvent]:
 
 
 _READ = _records(vectors="decoded")
+_BYTES = _records(vectors="bytes")
 
 
 def _key(kind: int, value: int) -> int:
@@ -514,7 +516,8 @@ class PostgresEventLog(EventLog):
     def append(self, events: Sequence[Event], *, expected_version: int | None = None) -> list[RecordedEvent]:
         if not events:
             return []
-        return self._submit(_Call(_prepared(events), expected_version, None, Future()))  # checked outside the lock
+        with gc_paused(len(events)):  # checked outside the lock
+            return self._submit(_Call(_prepared(events), expected_version, None, Future()))
 
     def import_records(self, records: Iterable[tuple[Event, dict[str, Any]]]) -> int:
         events: list[Event] = []
@@ -523,7 +526,8 @@ class PostgresEventLog(EventLog):
             events.append(event)
             given.append(_recorded(recorded, line))
         if events:
-            self._submit(_Call(_prepared(events), None, given, Future()))
+            with gc_paused(len(events)):
+                self._submit(_Call(_prepared(events), None, given, Future()))
         return len(events)
 
     def _submit(self, call: _Call) -> list[RecordedEvent]:
@@ -673,14 +677,21 @@ class PostgresEventLog(EventLog):
             )
 
     def query(
-        self, q: LogQuery, *, after: int = 0, limit: int | None = None, descending: bool = False
+        self,
+        q: LogQuery,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        descending: bool = False,
+        vectors: bool = True,
     ) -> Iterator[RecordedEvent]:
         where, params = _query_sql(q)
+        make = _READ if vectors else _BYTES
         if descending:
             sql = f"SELECT {_RECORD_COLUMNS} FROM events WHERE seq < %s AND seq > %s{where} ORDER BY seq DESC LIMIT %s"
-            return self._pages(sql, (after, *params), 2**62, limit, _READ)
+            return self._pages(sql, (after, *params), 2**62, limit, make)
         sql = f"SELECT {_RECORD_COLUMNS} FROM events WHERE seq > %s{where} ORDER BY seq LIMIT %s"
-        return self._pages(sql, params, after, limit, _READ)
+        return self._pages(sql, params, after, limit, make)
 
     def stats(self) -> LogStats:
         counts = self._tuples("SELECT COUNT(*), COUNT(*) FILTER (WHERE has_vector) FROM memories WHERE live")

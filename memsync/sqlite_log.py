@@ -47,6 +47,7 @@ from memsync.log import (
     Recorded,
     StoredRow,
     encodable,
+    gc_paused,
     plan_append,
     prepare,
 )
@@ -312,7 +313,8 @@ class SQLiteEventLog(EventLog):
     def append(self, events: Sequence[Event], *, expected_version: int | None = None) -> list[RecordedEvent]:
         if not events:
             return []
-        return self._submit(lambda: _Call(prepare(events), expected_version, None))
+        with gc_paused(len(events)):
+            return self._submit(lambda: _Call(prepare(events), expected_version, None))
 
     def import_records(self, records: Iterable[tuple[Event, dict[str, Any]]]) -> int:
         events: list[Event] = []
@@ -329,7 +331,8 @@ class SQLiteEventLog(EventLog):
                 )
             )
         if events:
-            self._submit(lambda: _Call(prepare(events), None, given))
+            with gc_paused(len(events)):
+                self._submit(lambda: _Call(prepare(events), None, given))
         return len(events)
 
     def _submit(self, make: Callable[[], _Call]) -> list[RecordedEvent]:
@@ -550,7 +553,13 @@ class SQLiteEventLog(EventLog):
         return [r[0] for r in rows]
 
     def query(
-        self, q: LogQuery, *, after: int = 0, limit: int | None = None, descending: bool = False
+        self,
+        q: LogQuery,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        descending: bool = False,
+        vectors: bool = True,
     ) -> Iterator[RecordedEvent]:
         branches = _query_branches(q)
         order, op = ("DESC", "<") if descending else ("ASC", ">")
@@ -568,7 +577,7 @@ class SQLiteEventLog(EventLog):
                 return parts[0]
             return list(islice(heapq.merge(*parts, key=itemgetter(0), reverse=descending), size))
 
-        return map(_record, self._pages(page, 2**62 if descending else after, limit))
+        return map(_record if vectors else _replay_row, self._pages(page, 2**62 if descending else after, limit))
 
     def stats(self) -> LogStats:
         rows = self._execute("SELECT COUNT(*), COALESCE(SUM(has_vector), 0) FROM memories WHERE live = 1")
