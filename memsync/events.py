@@ -181,6 +181,8 @@ def utcnow() -> datetime:
 
 def format_time(t: datetime) -> str:
     """Fixed-width RFC 3339 UTC with microseconds; sorts lexically."""
+    if t.tzinfo is UTC and t.year >= 1000:  # what the log reads back: the fast path (no conversion)
+        return t.isoformat(timespec="microseconds")[:-6] + "Z"
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     t = t.astimezone(UTC)

@@ -389,7 +389,9 @@ def rebuild(
         fresh = store.begin_rebuild()
     try:
         chunk = max((config or ProjectorConfig()).batch_size, 5000)
-        states = final_states(log, target, vectors=store.kind != "graph", chunk=chunk, progress=progress)
+        states = final_states(
+            log, target, vectors=store.kind != "graph", graph=store.kind != "vector", chunk=chunk, progress=progress
+        )
         fresh.bulk_load(states, target)
         # and the checkpoint as every batch records it: a bulk load that wrote nothing may keep it only in
         # memory (the qdrant-client store before it has a collection)
@@ -404,16 +406,25 @@ def rebuild(
 
 
 def final_states(
-    log: EventLog, seq: int, *, vectors: bool = True, chunk: int = 5000, progress: Progress | None = None
+    log: EventLog,
+    seq: int,
+    *,
+    vectors: bool = True,
+    graph: bool = True,
+    chunk: int = 5000,
+    progress: Progress | None = None,
 ) -> Iterator[MemoryState]:
     """Every memory live at ``seq``, in its state then, folded from its stream ``chunk`` memories at a time.
+
+    ``vectors=False`` leaves the vectors out, ``graph=False`` the entities and relations.
 
     ``progress`` advances in events, in proportion to the memories done, up to ``seq``.
     """
     ids = log.memory_ids(seq)
     reported = 0
     for start in range(0, len(ids), chunk):
-        yield from fold(log.replay_streams(ids[start : start + chunk], until_seq=seq, vectors=vectors))
+        records = log.replay_streams(ids[start : start + chunk], until_seq=seq, vectors=vectors)
+        yield from fold(records, State(graph=graph))
         if progress is not None:
             done = seq * min(len(ids), start + chunk) // len(ids)
             progress(done - reported)

@@ -714,15 +714,22 @@ def test_metadata_floats_and_hostile_filter_keys_round_trip(store: Any) -> None:
         assert hits[0].payload["metadata"] == odd
 
 
-def test_fast_point_id_is_point_id() -> None:
-    from projections._vector_common import fast_point_id
+def test_point_id_is_uuid5_unless_a_uuid() -> None:
+    """point_id computes UUIDv5 by hand for short ids: the same as the uuid module's."""
+    namespace = uuid.UUID("6f1c2a4e-6d8b-5b8e-9a57-3c1f2d7e9b10")
+
+    def reference(memory_id: str) -> str:
+        try:
+            return str(uuid.UUID(memory_id))
+        except ValueError:
+            return str(uuid.uuid5(namespace, memory_id))
 
     rng = random.Random(5)
     a_uuid = uuid.uuid4()
     ids = ["", "a", "名前\u200b🚀", "x" * 31, "x" * 32, str(a_uuid), a_uuid.hex, "{" + str(a_uuid) + "}"]
     ids += ["".join(rng.choice("ab-0f{}:") for _ in range(rng.randint(0, 40))) for _ in range(2000)]
     for memory_id in ids:
-        assert fast_point_id(memory_id) == point_id(memory_id), memory_id
+        assert point_id(memory_id) == reference(memory_id), memory_id
 
 
 KILLED_AFTER_APPLIES = textwrap.dedent(
