@@ -196,7 +196,9 @@ class ProjectionRunner:
                 continue
             if on_idle is not None:
                 on_idle()
-            checkpoint = self._safe_checkpoint()
+            checkpoint = self.checkpoint_seen  # as catch_up left it: no second read of the store
+            if checkpoint is None:
+                checkpoint = self._safe_checkpoint()
             if checkpoint is not None:
                 self.log.wait(checkpoint, timeout=min(0.5, self.config.poll_interval * 100))
 
