@@ -196,9 +196,7 @@ class ProjectionRunner:
                 continue
             if on_idle is not None:
                 on_idle()
-            checkpoint = self.checkpoint_seen  # as catch_up left it: no second read of the store
-            if checkpoint is None:
-                checkpoint = self._safe_checkpoint()
+            checkpoint = self.checkpoint_seen  # catch_up read it and moved it with each batch: no second read
             if checkpoint is not None:
                 self.log.wait(checkpoint, timeout=min(0.5, self.config.poll_interval * 100))
 
@@ -320,12 +318,6 @@ class ProjectionRunner:
             },
         )
         self.hooks.emit("retry", projection=self.name, attempt=state.attempt_number, error=error, delay=delay)
-
-    def _safe_checkpoint(self) -> int | None:
-        try:
-            return self.store.checkpoint()
-        except StoreError:
-            return None
 
     # ------------------------------------------------------------ parked
 
