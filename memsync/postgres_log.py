@@ -594,11 +594,12 @@ class PostgresEventLog(EventLog):
                 conn.execute("ROLLBACK")
             return outcomes
         except psycopg.Error as e:
-            if conn is not None and not conn.broken:
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
-            if conn is not None and conn.broken:
-                self._writer = None
+            # a new connection for the next attempt: an error inside a pipeline can leave psycopg's
+            # cache of prepared statements out of step with the server's (it names statements the
+            # aborted transaction never prepared), and every later append on it would fail
+            self._writer = None
+            if conn is not None:
+                conn.close()  # the server rolls back whatever the transaction had done
             raise _Failed(e, committing) from e
 
     def _plan(self, conn: Conn, tx: AppendBatch, call: _Call) -> list[RecordedEvent] | BaseException:

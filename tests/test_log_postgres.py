@@ -576,11 +576,14 @@ def test_the_constraints_alone_keep_the_log_exact(pg_database: str) -> None:
     def work(w: int) -> None:
         for i in range(calls):
             events = [add(f"w{w}-{i}", event_id=str(uuid.uuid4())), update(f"w{w}-{i}", event_id=str(uuid.uuid4()))]
+            deadline = time.monotonic() + 30
             while True:
                 try:
                     logs[w].append(events)
                     break
-                except LogError:  # the backend gave up after its retries: nothing was recorded, try again
+                except LogError as e:  # the backend gave up after its retries: nothing was recorded, try again
+                    if time.monotonic() > deadline:  # a writer that can never append again is a bug, not a race
+                        raise AssertionError(f"writer {w} stuck on call {i}: {e}") from e
                     time.sleep(random.uniform(0, 0.02))  # break the symmetry of writers that keep colliding
 
     run_together(writers, work)
@@ -596,6 +599,33 @@ def test_the_constraints_alone_keep_the_log_exact(pg_database: str) -> None:
 
 
 # ---------------------------------------------------------------- failures
+
+
+# raise_exception is given up at once; unique_violation only after ~2.5 s of retries, so it fails once
+@pytest.mark.parametrize(("code", "rounds"), [("raise_exception", 8), ("unique_violation", 1)])
+def test_a_failed_write_leaves_the_writer_usable(pg_database: str, code: str, rounds: int) -> None:
+    """A server error inside the write pipeline, again and again: each failing call records
+    nothing and the next call still appends (psycopg's prepared-statement cache once went out
+    of step with the server after such an error, and every later append on the connection failed)."""
+    log = PostgresEventLog(pg_database)
+    log.append([add("m0")])  # creates the schema
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" RAISE EXCEPTION 'refused %', NEW.memory_id USING ERRCODE = '{code}'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW"
+            " WHEN (NEW.memory_id LIKE 'bad%') EXECUTE FUNCTION refuse()"
+        )
+    for i in range(1, rounds + 1):  # past psycopg's prepare threshold, failing 1, 2, 3 times in a row
+        for j in range(i % 3 + 1 if rounds > 1 else 1):
+            with pytest.raises(LogError, match="refused bad"):
+                log.append([add(f"bad{i}-{j}"), update(f"bad{i}-{j}")])
+        log.append([add(f"m{i}"), update(f"m{i}")])
+    assert [r.memory_id for r in log.read()] == ["m0"] + [f"m{i}" for i in range(1, rounds + 1) for _ in range(2)]
+    assert log.audit().ok
+    log.close()
 
 
 def test_survives_a_server_restart_and_a_crash(tmp_path: Path) -> None:
