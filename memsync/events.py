@@ -558,6 +558,14 @@ def decode_payload(payload: bytes, vector: bytes | None, *, seq: int | None = No
     return event
 
 
+def stored_time(text: str, *, seq: int) -> datetime:
+    """A stored ``recorded_at``; text that is no longer a time raises :class:`~memsync.errors.TamperError`."""
+    try:
+        return datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise TamperError(seq, f"`recorded_at` is not a time: {text!r}") from None
+
+
 def new_event_id() -> str:
     """A random UUID (version 4) as ``str(uuid.uuid4())`` writes it, without the two objects it builds."""
     n = int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET

@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from memsync.errors import CommandRefused, ConflictError, InputError, LogError
+from memsync.errors import CommandRefused, ConfigError, ConflictError, InputError, LogError
 from memsync.events import (
     GENESIS_HASH,
     SCOPE_FIELDS,
@@ -41,6 +41,7 @@ from memsync.events import (
     new_event_id,
     parse_time,
     payload_bytes,
+    stored_time,
     utcnow,
 )
 
@@ -86,7 +87,7 @@ class StoredRow(msgspec.Struct, frozen=True, kw_only=True):
             event=decode_payload(self.payload, self.vector, seq=self.seq),
             event_id=self.event_id,
             version=self.version,
-            recorded_at=datetime.fromisoformat(self.recorded_at),
+            recorded_at=stored_time(self.recorded_at, seq=self.seq),
             prev_hash=self.prev_hash,
             hash=self.hash,
             vector_f32=self.vector,
@@ -678,6 +679,13 @@ def _apply_rules(
     elif vector is not None:
         changed.has_vector = True
     return [changed], changed.version
+
+
+def dimension_conflict(url: str, fixed: int, recorded: int) -> ConfigError:
+    """The error for a configured dimension that the log's recorded vectors contradict."""
+    return ConfigError(
+        f"vector.dimension: configured as {fixed}, but the log {url} already holds vectors of dimension {recorded}"
+    )
 
 
 def _check_dimension(tx: AppendTx, dimension: int, fixed: int | None) -> None:

@@ -57,7 +57,16 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import RowFactory, class_row, tuple_row
 
 from memsync.errors import ConfigError, InputError, LogError, MemsyncError
-from memsync.events import GENESIS_HASH, SCOPE_FIELDS, Event, RecordedEvent, decode_payload, format_time, utcnow
+from memsync.events import (
+    GENESIS_HASH,
+    SCOPE_FIELDS,
+    Event,
+    RecordedEvent,
+    decode_payload,
+    format_time,
+    stored_time,
+    utcnow,
+)
 from memsync.leader import Leadership
 from memsync.log import (
     AppendBatch,
@@ -70,6 +79,7 @@ from memsync.log import (
     Prepared,
     Recorded,
     StoredRow,
+    dimension_conflict,
     encodable,
     gc_paused,
     plan_append,
@@ -199,7 +209,7 @@ def _records(*, vectors: str) -> RowFactory[RecordedEvent]:
                 event=decode_payload(payload, vector if vectors == "decoded" else None, seq=seq),
                 event_id=event_id,
                 version=version,
-                recorded_at=datetime.fromisoformat(recorded_at),
+                recorded_at=stored_time(recorded_at, seq=seq),
                 prev_hash=prev_hash,
                 hash=hash_,
                 vector_f32=None if vectors == "none" else vector,
@@ -422,6 +432,10 @@ class PostgresEventLog(EventLog):
         self._leaderships: list[PostgresLeadership] = []
         with self._translated("opening"), self._open() as conn:
             self._events_oid = self._ensure_schema(conn)
+            recorded = conn.execute("SELECT value FROM meta WHERE key = 'dimension'").fetchone()
+        if fixed_dimension is not None and recorded and int(recorded[0]) != fixed_dimension:
+            self.close()
+            raise dimension_conflict(self.url, fixed_dimension, int(recorded[0]))
         self._append_key = _key(_APPEND_CLASS, self._events_oid)
 
     @classmethod

@@ -33,7 +33,7 @@ from typing import Any, Final
 import msgspec
 
 from memsync.errors import InputError, LogError
-from memsync.events import GENESIS_HASH, Event, RecordedEvent, decode_payload, format_time, utcnow
+from memsync.events import GENESIS_HASH, Event, RecordedEvent, decode_payload, format_time, stored_time, utcnow
 from memsync.log import (
     AppendBatch,
     AuditReport,
@@ -46,6 +46,7 @@ from memsync.log import (
     Prepared,
     Recorded,
     StoredRow,
+    dimension_conflict,
     encodable,
     gc_paused,
     plan_append,
@@ -155,7 +156,7 @@ def _from_columns(values: tuple[Any, ...], *, unpack: bool) -> RecordedEvent:
         event=decode_payload(payload, vector if unpack else None, seq=seq),
         event_id=event_id,
         version=version,
-        recorded_at=datetime.fromisoformat(recorded_at),
+        recorded_at=stored_time(recorded_at, seq=seq),
         prev_hash=prev_hash,
         hash=hash_,
         vector_f32=vector,
@@ -263,6 +264,11 @@ class SQLiteEventLog(EventLog):
         self._connections: list[sqlite3.Connection] = []
         self._writer = self._connect(create=True)
         self._writer.execute("PRAGMA busy_timeout = 0")  # the writer waits in _begin_immediate
+        if fixed_dimension is not None:
+            recorded = self._writer.execute("SELECT value FROM meta WHERE key = 'dimension'").fetchall()
+            if recorded and int(recorded[0][0]) != fixed_dimension:
+                self.close()
+                raise dimension_conflict(self.url, fixed_dimension, int(recorded[0][0]))
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> SQLiteEventLog:

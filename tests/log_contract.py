@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from memsync.errors import CommandRefused, ConflictError, InputError, TamperError
+from memsync.errors import CommandRefused, ConfigError, ConflictError, InputError, TamperError
 from memsync.events import (
     GENESIS_HASH,
     Entity,
@@ -112,7 +112,7 @@ def assert_refused_nothing_recorded(
 
 
 def assert_undecodable_payload_names_its_seq(log: EventLog, recorded: list[RecordedEvent], seq: int) -> None:
-    """The stored payload of ``seq`` was overwritten with bytes that do not decode: every reader says so, naming it."""
+    """A stored column of ``seq`` was overwritten with bytes that do not decode: every reader says so, naming it."""
     with pytest.raises(TamperError) as info:
         list(log.read())
     assert info.value.seq == seq
@@ -570,6 +570,15 @@ class EventLogContract:
         log.append([add("m1", vector=[0.1, 0.2, 0.3, 0.4])])
         assert log.stats().dimension == 4
         assert_refused_nothing_recorded(log, [add("m2", vector=[0.1] * 3)], InputError, event=1)
+
+    def test_a_fixed_dimension_the_log_contradicts_is_refused_at_open(self, make_log: MakeLog) -> None:
+        log = make_log("dims-fixed")
+        log.append([add("m1", vector=[0.1, 0.2, 0.3])])
+        log.close()
+        with pytest.raises(ConfigError, match=r"vector\.dimension: configured as 4, .* dimension 3"):
+            make_log("dims-fixed", fixed_dimension=4)
+        reopened = make_log("dims-fixed", fixed_dimension=3)  # the same dimension is fine
+        assert reopened.stats().dimension == 3
 
     def test_vectors_round_trip_as_float32(self, log: EventLog) -> None:
         vector = [0.1, 1 / 3, -2.5, 1e-8, 3.4e38, 0.0]

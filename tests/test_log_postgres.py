@@ -353,11 +353,18 @@ def test_audit_finds_first_tampered_seq(pg_schema: Callable[[str], str], name: s
     assert report.problem is not None and problem in report.problem
 
 
-def test_a_payload_that_no_longer_decodes_is_a_tamper_error_naming_its_seq(pg_database: str) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        "UPDATE events SET payload = '\\x7b'::bytea WHERE seq = 3",
+        "UPDATE events SET recorded_at = 'garbage' WHERE seq = 3",
+    ],
+)
+def test_a_row_that_no_longer_decodes_is_a_tamper_error_naming_its_seq(pg_database: str, change: str) -> None:
     with PostgresEventLog(pg_database) as log:
         recorded = log.append([add(f"m{i}") for i in range(5)])
     with psycopg.connect(pg_database, autocommit=True) as conn:
-        assert conn.execute("UPDATE events SET payload = '\\x7b'::bytea WHERE seq = 3").rowcount == 1
+        assert conn.execute(change).rowcount == 1
     with PostgresEventLog(pg_database) as log:
         assert_undecodable_payload_names_its_seq(log, recorded, 3)
 

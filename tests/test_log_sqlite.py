@@ -80,12 +80,19 @@ def test_a_log_that_cannot_be_created_is_a_log_error(tmp_path: Path) -> None:
         SQLiteEventLog(tmp_path / "file" / "data" / "events.db")
 
 
-def test_a_payload_that_no_longer_decodes_is_a_tamper_error_naming_its_seq(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        "UPDATE events SET payload = CAST('{\"type\":' AS BLOB) WHERE seq = 3",
+        "UPDATE events SET recorded_at = 'garbage' WHERE seq = 3",
+    ],
+)
+def test_a_row_that_no_longer_decodes_is_a_tamper_error_naming_its_seq(tmp_path: Path, change: str) -> None:
     path = tmp_path / "events.db"
     with SQLiteEventLog(path) as log:
         recorded = log.append([add(f"m{i}") for i in range(5)])
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE events SET payload = CAST('{\"type\":' AS BLOB) WHERE seq = 3")
+        db.execute(change)
     with SQLiteEventLog(path) as log:
         assert_undecodable_payload_names_its_seq(log, recorded, 3)
 
