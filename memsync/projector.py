@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -41,31 +41,39 @@ logger = logging.getLogger("memsync.projector")
 Progress = Callable[[int], None]  # called with the number of events just applied
 
 
-def plan_batch(log: EventLog, records: Sequence[RecordedEvent]) -> list[Op]:
+def plan_batch(log: EventLog, records: Sequence[RecordedEvent], *, unsure: Container[str] = ()) -> list[Op]:
     """The net effect of ``records`` (consecutive, in seq order) as store ops.
 
     Memory events are coalesced per memory into one Upsert or Delete of the
     memory's state after the run; a scoped delete-all or a reset ends a run
     and becomes its own op, so ops stay in log order where order matters. The
     state a memory had before the batch is folded from its own stream.
+
+    An Upsert carries that state as ``before`` when the batch has no bulk
+    event and the memory is not in ``unsure`` (memories the store may not hold
+    as the log says, e.g. those with a parked event).
     """
     ops: list[Op] = []
     state = State()
     known: set[str] = set()  # ids whose entry in `state` (present or absent) is authoritative
     touched: dict[str, None] = {}
+    bases: dict[str, MemoryState] | None = {}  # the states before the batch (None: a bulk event, not used)
     for start, run in _runs(records):
         if isinstance(run, RecordedEvent):
-            _flush(state, touched, ops)
+            _flush(state, touched, ops, None)
+            bases = None
             event = run.event
             state.apply(run)
             ops.append(Reset() if isinstance(event, MemoriesReset) else DeleteScope(scope_of(event)))  # type: ignore[arg-type]
             continue
-        _load_bases(log, run, start, state, known)
+        loaded = _load_bases(log, run, start, state, known)
+        if bases is not None:
+            bases.update((m, s) for m, s in loaded.items() if m not in unsure)
         for record in run:
             for memory_id in state.apply(record):
                 touched[memory_id] = None
                 known.add(memory_id)
-    _flush(state, touched, ops)
+    _flush(state, touched, ops, bases)
     return ops
 
 
@@ -84,8 +92,10 @@ def _runs(records: Sequence[RecordedEvent]) -> Iterator[tuple[int, Any]]:
         yield run[0].seq, run
 
 
-def _load_bases(log: EventLog, run: list[RecordedEvent], start: int, state: State, known: set[str]) -> None:
-    """Fold the pre-batch state of memories the run updates before (re-)adding or deleting them."""
+def _load_bases(
+    log: EventLog, run: list[RecordedEvent], start: int, state: State, known: set[str]
+) -> dict[str, MemoryState]:
+    """Fold the pre-run state of memories the run updates before (re-)adding or deleting them; return it."""
     needed: dict[str, None] = {}
     for record in run:
         memory_id = record.memory_id
@@ -95,18 +105,21 @@ def _load_bases(log: EventLog, run: list[RecordedEvent], start: int, state: Stat
         if isinstance(record.event, MemoryUpdated):  # an add or a delete does not need what was before
             needed[memory_id] = None
     if not needed:
-        return
+        return {}
     base = fold(log.replay_streams(list(needed), until_seq=start - 1))
-    for memory_id in needed:
-        found = base.memories.get(memory_id)
-        if found is not None:
-            state.put(found)
+    found = {memory_id: memory for memory_id in needed if (memory := base.memories.get(memory_id)) is not None}
+    for memory in found.values():
+        state.put(memory)
+    return found
 
 
-def _flush(state: State, touched: dict[str, None], ops: list[Op]) -> None:
+def _flush(state: State, touched: dict[str, None], ops: list[Op], bases: dict[str, MemoryState] | None) -> None:
     for memory_id in touched:
         memory = state.memories.get(memory_id)
-        ops.append(Upsert(memory) if memory is not None else Delete(memory_id))
+        if memory is None:
+            ops.append(Delete(memory_id))
+        else:
+            ops.append(Upsert(memory, bases.get(memory_id) if bases is not None else None))
     touched.clear()
 
 
@@ -139,6 +152,7 @@ class ProjectionRunner:
         self.applied = 0
         self.parked_count = 0
         self.checkpoint_seen: int | None = None  # last checkpoint read or written by this runner
+        self._unsure: set[str] | None = None  # memories with a parked event, read from the log when first needed
 
     # ------------------------------------------------------------ public
 
@@ -216,7 +230,7 @@ class ProjectionRunner:
                     self._park(record, patient=patient)
 
     def _apply_records(self, records: list[RecordedEvent], *, patient: bool) -> None:
-        ops = plan_batch(self.log, records)
+        ops = plan_batch(self.log, records, unsure=self._unsure_memories())
         first, last = records[0].seq, records[-1].seq
         self.hooks.emit("before_batch", projection=self.name, first_seq=first, last_seq=last, ops=ops)
         started = time.perf_counter()
@@ -239,9 +253,26 @@ class ProjectionRunner:
             seconds=time.perf_counter() - started,
         )
 
+    def _unsure_memories(self) -> set[str]:
+        """Memories with a parked event: the store may not hold them as the log says (see plan_batch).
+
+        Read from the log once; a memory stays here for the runner's life, even
+        after its event is skipped (the store still lacks that event's effect).
+        """
+        if self._unsure is None:
+            unsure = set()
+            for parked in self.log.parked(self.name):
+                record = next(iter(self.log.replay(after=parked.seq - 1, limit=1)), None)
+                if record is not None and record.memory_id is not None:
+                    unsure.add(record.memory_id)
+            self._unsure = unsure
+        return self._unsure
+
     def _park(self, record: RecordedEvent, *, patient: bool) -> None:
         error = getattr(self, "_last_error", None)
         message = f"{type(error).__name__}: {error}" if error is not None else "rejected"
+        if record.memory_id is not None:
+            self._unsure_memories().add(record.memory_id)
         self.log.park(self.name, record.seq, message, self.config.max_attempts)
         self._call(lambda: self.store.apply([], record.seq), patient=patient)
         self.parked_count += 1

@@ -38,7 +38,15 @@ ENTRY_POINT_GROUP = "memsync.stores"
 
 
 class Upsert(msgspec.Struct, frozen=True):
+    """Write ``memory``'s state.
+
+    ``before``: the memory's state when the store's checkpoint was last set, if
+    the projector knows the store holds exactly that (None: unknown or absent).
+    A store may use it to write only what changed; ignoring it is always correct.
+    """
+
     memory: MemoryState
+    before: MemoryState | None = None
 
 
 class Delete(msgspec.Struct, frozen=True):

@@ -10,10 +10,14 @@ An ``apply`` runs in one transaction with the checkpoint:
 1. :func:`net_effect` folds the ops into ``memory_id -> state or None``
    (``Reset`` and ``DeleteScope`` are resolved against the store inside the
    transaction, so every op sees the effects of the ones before it);
-2. find which of the touched memories are in the store (by primary key) and the
-   entities they mention; for those only, delete their RELATES (by
-   ``memory_id``) and MENTIONS, and their node if it is gone (in a follow
-   workload most memories of a batch are new, so usually nothing runs here);
+2. a memory whose Upsert carries ``before`` (the projector vouches the store
+   holds that state) with the same scope, entities and relations only gets its
+   node's properties set; for the others, find which are in the store (by
+   primary key; for those with a ``before`` it is known) and the entities they
+   mention (from ``before``, else by walking from the node); for those only,
+   delete their RELATES (by ``memory_id``) and MENTIONS, and their node if it
+   is gone (in a follow workload most memories of a batch are new or keep
+   their edges, so usually nothing runs here);
 3. update the live memories found in step 2 and CREATE the others and the new
    entities they mention (CREATE, not MERGE: the batch knows which are new;
    one lookup by key finds the stored entities), then MATCH … CREATE
@@ -130,6 +134,33 @@ def smaller_type(old: str | None, new: str | None) -> str | None:
     return old if new is None else min(old, new)
 
 
+def memory_row(memory: MemoryState) -> Row:
+    """A Memory node's properties, in its property order."""
+    return {
+        "memory_id": memory.memory_id,
+        "text": memory.text,
+        "user_id": memory.user_id,
+        "agent_id": memory.agent_id,
+        "run_id": memory.run_id,
+        "version": memory.version,
+        "seq": memory.seq,
+    }
+
+
+def vouched(ops: Sequence[Op], pending: dict[str, MemoryState | None]) -> dict[str, MemoryState]:
+    """Memory id -> the state the projector vouches the store holds (an Upsert's ``before``)."""
+    return {
+        op.memory.memory_id: op.before
+        for op in ops
+        if isinstance(op, Upsert) and op.before is not None and pending.get(op.memory.memory_id) is op.memory
+    }
+
+
+def edges(memory: MemoryState) -> tuple[Any, ...]:
+    """What decides a memory's MENTIONS and RELATES."""
+    return memory.scope, memory.entities, memory.relations
+
+
 class GraphRows:
     """The rows a set of live memories puts in the graph (dicts in each table's property order)."""
 
@@ -148,17 +179,7 @@ class GraphRows:
         return rows
 
     def add(self, memory: MemoryState) -> None:
-        self.memories.append(
-            {
-                "memory_id": memory.memory_id,
-                "text": memory.text,
-                "user_id": memory.user_id,
-                "agent_id": memory.agent_id,
-                "run_id": memory.run_id,
-                "version": memory.version,
-                "seq": memory.seq,
-            }
-        )
+        self.memories.append(memory_row(memory))
         field, value = memory.scope
         for name, typ in memory.mentions.items():
             key = self.key(field, value, name)
@@ -271,7 +292,7 @@ class CypherGraphStore(GraphStore):
                 clear=lambda: self._clear(tx),
             )
             if pending:
-                self._replace(tx, pending)
+                self._replace(tx, pending, vouched(ops, pending))
             self._set_checkpoint(tx, checkpoint)
 
     def snapshot(self) -> GraphSnapshot:
@@ -327,11 +348,24 @@ class CypherGraphStore(GraphStore):
     def _set_checkpoint(self, tx: Tx, seq: int) -> None:
         tx.run(Q.SET_CHECKPOINT, {"name": CHECKPOINT_NAME, "seq": seq})
 
-    def _replace(self, tx: Tx, pending: dict[str, MemoryState | None]) -> None:
-        rows = GraphRows.of(m for m in pending.values() if m is not None)
-        found = tx.run(Q.OLD_MENTIONS, {"ids": list(pending)})
-        stored = list(dict.fromkeys(memory_id for memory_id, _ in found))  # the batch's memories in the store
+    def _replace(self, tx: Tx, pending: dict[str, MemoryState | None], before: dict[str, MemoryState]) -> None:
+        """Write ``pending``, given what the store holds of the memories in ``before`` (see :func:`vouched`).
+
+        Where a memory's edges did not change, only its node is updated. The store
+        is asked only about memories without a ``before``: first which are in it
+        (a primary-key lookup), then what those mention (a walk that costs more).
+        """
+        same = [i for i, state in before.items() if (now := pending[i]) is not None and edges(state) == edges(now)]
+        rewrite = [memory_id for memory_id in pending if memory_id not in same]
+        rows = GraphRows.of(m for memory_id in rewrite if (m := pending[memory_id]) is not None)
+        unknown = [memory_id for memory_id in rewrite if memory_id not in before]
+        in_store = [row[0] for row in tx.run(Q.MEMORIES_IN_STORE, {"ids": unknown})] if unknown else []
+        found = tx.run(Q.OLD_MENTIONS, {"ids": in_store}) if in_store else []
         old_keys = {key for _, key in found if key is not None}  # the entities they mentioned
+        stored = [memory_id for memory_id in rewrite if memory_id in before] + in_store
+        for memory_id in stored[: len(stored) - len(in_store)]:
+            state = before[memory_id]
+            old_keys.update(rows.key(*state.scope, name) for name in state.mentions)
         if stored:  # in a follow workload most memories of a batch are new: then none of this runs
             tx.run(Q.DELETE_RELATES, {"ids": stored})
             tx.run(Q.DELETE_MENTIONS, {"ids": stored})
@@ -339,7 +373,8 @@ class CypherGraphStore(GraphStore):
             if gone:
                 tx.run(Q.DELETE_MEMORIES, {"ids": gone})
         known = set(stored)
-        self._batch(tx, Q.UPDATE_MEMORIES, [row for row in rows.memories if row["memory_id"] in known])
+        updated = [memory_row(m) for memory_id in same if (m := pending[memory_id]) is not None]
+        self._batch(tx, Q.UPDATE_MEMORIES, updated + [row for row in rows.memories if row["memory_id"] in known])
         self._batch(tx, Q.CREATE_MEMORIES, [row for row in rows.memories if row["memory_id"] not in known])
         types = self._write_entities(tx, rows, old_keys)
         self._batch(tx, Q.CREATE_MENTIONS, rows.mentions)
@@ -417,12 +452,15 @@ class Q:
 
     # A node looked up by its key, then OPTIONAL MATCH from it: LadybugDB walks from the bound node
     # (a longer pattern MATCHed straight from UNWIND scans every MENTIONS: ~50 ms per 100 ids at 20k
-    # memories, growing with the graph; this way ~2 ms).
+    # memories, growing with the graph; this way ~2 ms). It still joins with a scan of the Entity
+    # table now and then (40-60 ms for 10 ids at 20k memories, even for ids not in the store), so
+    # apply asks it only about memories found by MEMORIES_IN_STORE (a primary-key lookup).
     OLD_MENTIONS = (
         "UNWIND $ids AS id MATCH (m:Memory {memory_id: id}) OPTIONAL MATCH (m)-[:MENTIONS]->(e:Entity) "
         "RETURN m.memory_id, e.key"
     )
     # A memory's RELATES start at entities it mentions, so walk there instead of scanning all RELATES.
+    MEMORIES_IN_STORE = "UNWIND $ids AS id MATCH (m:Memory {memory_id: id}) RETURN m.memory_id"
     DELETE_RELATES = (
         "UNWIND $ids AS id MATCH (m:Memory {memory_id: id}) "
         "OPTIONAL MATCH (m)-[:MENTIONS]->(:Entity)-[r:RELATES]->(:Entity) WHERE r.memory_id = id DELETE r"

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from memsync.config import GraphConfig, MemsyncConfig
@@ -131,8 +132,9 @@ RUNS = ("r1", "r2", None)
 class RandomStream:
     """A seeded stream of valid op batches: several scopes, shared names, stray relation endpoints."""
 
-    def __init__(self, seed: int, ids: int = 150) -> None:
+    def __init__(self, seed: int, ids: int = 150, *, same_edges: float = 0.0) -> None:
         self.rng = random.Random(seed)
+        self.same_edges = same_edges  # how often an update keeps the memory's entities and relations
         self.ids = [f"m{i}" for i in range(ids)]
         self.live: dict[str, MemoryState] = {}
         self.seq = 0
@@ -174,6 +176,8 @@ class RandomStream:
             version=old.version + 1 if old else 1,
             seq=self.seq,
         )
+        if old is not None and self.rng.random() < self.same_edges:
+            new = msgspec.structs.replace(new, entities=old.entities, relations=old.relations)
         self.live[memory_id] = new
         return Upsert(new)
 

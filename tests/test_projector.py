@@ -9,7 +9,16 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from memsync.errors import StoreError, StoreUnavailable
-from memsync.events import MemoriesDeleted, MemoriesReset, MemoryAdded, MemoryDeleted, MemoryUpdated, Relation, utcnow
+from memsync.events import (
+    Entity,
+    MemoriesDeleted,
+    MemoriesReset,
+    MemoryAdded,
+    MemoryDeleted,
+    MemoryUpdated,
+    Relation,
+    utcnow,
+)
 from memsync.fold import fold
 from memsync.hooks import Hooks
 from memsync.projector import ProjectionRunner, plan_batch
@@ -85,6 +94,57 @@ def test_plan_batch_splits_at_bulk_events_and_loads_prior_state(make_system: Mak
     assert ops[1] == DeleteScope({"user_id": "u"})
     again = ops[2]
     assert isinstance(again, Upsert) and again.memory.version == 4
+    assert all(op.before is None for op in ops if isinstance(op, Upsert))  # a bulk event: no store state vouched
+
+
+def test_plan_batch_vouches_for_the_state_before_the_batch(make_system: MakeSystem) -> None:
+    system = make_system("memory")
+    append_all(
+        system,
+        [
+            MemoryAdded(memory_id="a", text="one", user_id="u", entities=[Entity(name="Ann")]),
+            MemoryAdded(memory_id="b", text="b", user_id="u"),
+            MemoryAdded(memory_id="c", text="c", user_id="u"),
+        ],
+    )
+    append_all(
+        system,
+        [
+            MemoryUpdated(memory_id="a", text="two"),
+            MemoryUpdated(memory_id="a", text="three"),
+            MemoryUpdated(memory_id="b", text="b2"),
+            MemoryAdded(memory_id="d", text="d", user_id="u"),
+            MemoryDeleted(memory_id="c"),
+        ],
+    )
+    ops = plan_batch(system.log, list(system.log.read(after=3)))
+    upserts = {op.memory.memory_id: op for op in ops if isinstance(op, Upsert)}
+    a = upserts["a"]
+    assert a.memory.text == "three" and a.before is not None
+    assert (a.before.text, a.before.version, a.before.seq, a.before.entities) == ("one", 1, 1, (("ann", None),))
+    assert upserts["b"].before is not None and upserts["d"].before is None  # an add: nothing to vouch for
+    ops = plan_batch(system.log, list(system.log.read(after=3)), unsure={"a"})  # e.g. a parked event of "a"
+    assert [op.before is None for op in ops if isinstance(op, Upsert)] == [True, False, True]
+
+
+def test_an_update_after_a_parked_event_still_rewrites_the_memory(make_system: MakeSystem) -> None:
+    """The store lacks a parked event's effect: a later update that keeps the memory's entities must
+    still rewrite its edges (the store may write only what changed where the projector vouches for
+    the state before, and it never does for a memory with a parked event)."""
+    system = make_system("embedded")
+    flaky = Flaky(system.store("graph"))
+    runner = ProjectionRunner(system.log, flaky, system.config.projector, Hooks())
+    system.log.append([MemoryAdded(memory_id="m", text="one", user_id="u", entities=[Entity(name="Ann")])])
+    runner.catch_up()
+    system.log.append([MemoryUpdated(memory_id="m", text="two", entities=[Entity(name="Bob")])])
+    flaky.poison = "m"
+    runner.catch_up()
+    assert [p.seq for p in system.log.parked("graph")] == [2]
+    assert not verify_store(system.log, flaky.inner).ok  # the store still says Ann
+    flaky.poison = None
+    system.log.append([MemoryUpdated(memory_id="m", text="three")])  # keeps Bob
+    ProjectionRunner(system.log, flaky, system.config.projector, Hooks()).catch_up()  # a new runner reads the parked
+    assert verify_store(system.log, flaky.inner).ok
 
 
 # ---------------------------------------------------------------- random streams on every backend
