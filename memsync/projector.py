@@ -30,7 +30,7 @@ from tenacity import (
 
 from memsync.config import ProjectorConfig
 from memsync.errors import MemsyncError, StoreError, StoreUnavailable
-from memsync.events import MemoriesDeleted, MemoriesReset, MemoryUpdated, RecordedEvent
+from memsync.events import MemoriesDeleted, MemoriesReset, MemoryDeleted, MemoryUpdated, RecordedEvent
 from memsync.fold import MemoryState, State, fold, scope_of
 from memsync.hooks import Hooks
 from memsync.log import EventLog
@@ -49,9 +49,9 @@ def plan_batch(log: EventLog, records: Sequence[RecordedEvent], *, unsure: Conta
     and becomes its own op, so ops stay in log order where order matters. The
     state a memory had before the batch is folded from its own stream.
 
-    An Upsert carries that state as ``before`` when the batch has no bulk
-    event and the memory is not in ``unsure`` (memories the store may not hold
-    as the log says, e.g. those with a parked event).
+    An Upsert or a Delete carries that state as ``before`` when the batch has
+    no bulk event and the memory is not in ``unsure`` (memories the store may
+    not hold as the log says, e.g. those with a parked event).
     """
     ops: list[Op] = []
     state = State()
@@ -95,14 +95,14 @@ def _runs(records: Sequence[RecordedEvent]) -> Iterator[tuple[int, Any]]:
 def _load_bases(
     log: EventLog, run: list[RecordedEvent], start: int, state: State, known: set[str]
 ) -> dict[str, MemoryState]:
-    """Fold the pre-run state of memories the run updates before (re-)adding or deleting them; return it."""
+    """Fold the pre-run state of memories the run updates or deletes before (re-)adding them; return it."""
     needed: dict[str, None] = {}
     for record in run:
         memory_id = record.memory_id
         if memory_id is None or memory_id in known:
             continue
         known.add(memory_id)  # from here on, `state` is right about it
-        if isinstance(record.event, MemoryUpdated):  # an add or a delete does not need what was before
+        if isinstance(record.event, MemoryUpdated | MemoryDeleted):  # an add has nothing before it
             needed[memory_id] = None
     if not needed:
         return {}
@@ -116,10 +116,8 @@ def _load_bases(
 def _flush(state: State, touched: dict[str, None], ops: list[Op], bases: dict[str, MemoryState] | None) -> None:
     for memory_id in touched:
         memory = state.memories.get(memory_id)
-        if memory is None:
-            ops.append(Delete(memory_id))
-        else:
-            ops.append(Upsert(memory, bases.get(memory_id) if bases is not None else None))
+        before = bases.get(memory_id) if bases is not None else None
+        ops.append(Upsert(memory, before) if memory is not None else Delete(memory_id, before))
     touched.clear()
 
 

@@ -50,7 +50,10 @@ class Upsert(msgspec.Struct, frozen=True):
 
 
 class Delete(msgspec.Struct, frozen=True):
+    """Remove the memory (``before`` as in :class:`Upsert`)."""
+
     memory_id: str
+    before: MemoryState | None = None
 
 
 class DeleteScope(msgspec.Struct, frozen=True):

@@ -148,12 +148,14 @@ def memory_row(memory: MemoryState) -> Row:
 
 
 def vouched(ops: Sequence[Op], pending: dict[str, MemoryState | None]) -> dict[str, MemoryState]:
-    """Memory id -> the state the projector vouches the store holds (an Upsert's ``before``)."""
-    return {
-        op.memory.memory_id: op.before
-        for op in ops
-        if isinstance(op, Upsert) and op.before is not None and pending.get(op.memory.memory_id) is op.memory
-    }
+    """Memory id -> the state the projector vouches the store holds (an Upsert's or a Delete's ``before``)."""
+    out = {}
+    for op in ops:
+        if isinstance(op, Upsert) and op.before is not None and pending.get(op.memory.memory_id) is op.memory:
+            out[op.memory.memory_id] = op.before
+        elif isinstance(op, Delete) and op.before is not None and op.memory_id in pending and not pending[op.memory_id]:
+            out[op.memory_id] = op.before
+    return out
 
 
 def edges(memory: MemoryState) -> tuple[Any, ...]:

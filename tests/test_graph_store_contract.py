@@ -137,22 +137,26 @@ def test_upserts_with_the_state_before_match_the_model(graph_store: GraphStore) 
     the batch, ``before`` the memory's state at the batch's start): the store may write only what
     changed, and must end up exactly where the plain upserts take it."""
     stream, model = RandomStream(seed=20261206, same_edges=0.5), GraphModel()
-    vouched = same = 0
+    vouched = same = deletes = 0
     for batch in stream.batches(2000, sizes=(1, 2, 5, 13, 30)):
         if not any(isinstance(op, Reset | DeleteScope) for op in batch):
             last: dict[str, Op] = {}
             for op in batch:
                 last[op.memory.memory_id if isinstance(op, Upsert) else op.memory_id] = op  # type: ignore[union-attr]
             batch = [
-                Upsert(op.memory, model.memories.get(memory_id)) if isinstance(op, Upsert) else op
+                Upsert(op.memory, model.memories.get(memory_id))
+                if isinstance(op, Upsert)
+                else Delete(memory_id, model.memories.get(memory_id))
                 for memory_id, op in last.items()
             ]
             for op in batch:
-                if isinstance(op, Upsert) and op.before is not None:
+                if isinstance(op, Delete):
+                    deletes += op.before is not None
+                elif isinstance(op, Upsert) and op.before is not None:
                     vouched += 1
                     same += (op.before.entities, op.before.relations) == (op.memory.entities, op.memory.relations)
         apply(graph_store, model, batch, stream.seq)
-    assert vouched > 300 and 0 < same < vouched  # both paths ran, many times
+    assert vouched > 300 and 0 < same < vouched and deletes > 50  # every path ran, many times
 
 
 def test_same_batch_twice_is_idempotent(graph_store: GraphStore) -> None:

@@ -123,6 +123,8 @@ def test_plan_batch_vouches_for_the_state_before_the_batch(make_system: MakeSyst
     assert a.memory.text == "three" and a.before is not None
     assert (a.before.text, a.before.version, a.before.seq, a.before.entities) == ("one", 1, 1, (("ann", None),))
     assert upserts["b"].before is not None and upserts["d"].before is None  # an add: nothing to vouch for
+    [deleted] = [op for op in ops if isinstance(op, Delete)]
+    assert deleted.memory_id == "c" and deleted.before is not None and deleted.before.text == "c"
     ops = plan_batch(system.log, list(system.log.read(after=3)), unsure={"a"})  # e.g. a parked event of "a"
     assert [op.before is None for op in ops if isinstance(op, Upsert)] == [True, False, True]
 
