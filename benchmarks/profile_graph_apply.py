@@ -1,0 +1,87 @@
+"""Where a graph apply's time goes, statement by statement, on the follow benchmark's stream.
+
+``python -m benchmarks.profile_graph_apply [--prefill N] [--batches B] [--size S]``
+
+Writes ``prefill + batches * size`` events of ``bench_follow``'s stream (three adds,
+then an update, per writer) to a scratch log, loads the first ``prefill`` into a
+fresh LadybugDB store in large batches, then applies the rest ``size`` events at a
+time the way the follower does (``plan_batch`` then ``apply``), timing every
+statement. Prints the median apply per batch and each statement's mean share.
+A profile, not a benchmark: no anchor, no target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_follow import WRITERS, _events
+from memsync.projector import plan_batch, strip_vectors
+from memsync.sqlite_log import SQLiteEventLog
+from projections import graph_ladybug
+from projections._graph_common import Q
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prefill", type=int, default=24_000, help="events in the store before timing")
+    parser.add_argument("--batches", type=int, default=180, help="batches timed")
+    parser.add_argument("--size", type=int, default=10, help="events per timed batch")
+    args = parser.parse_args()
+    total = args.prefill + args.batches * args.size
+    each = -(-total // WRITERS)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = SQLiteEventLog(Path(tmp) / "events.db", synchronous="OFF")
+        plans = [_events(w, each) for w in range(WRITERS)]
+        for k in range(each):
+            log.append([plans[w][k] for w in range(WRITERS)])
+        records = list(strip_vectors(log.read(limit=total)))
+        store = graph_ladybug.LadybugGraphStore(Path(tmp) / "graph")
+        for start in range(0, args.prefill, 500):
+            chunk = records[start : min(start + 500, args.prefill)]
+            store.apply(plan_batch(log, chunk), chunk[-1].seq)
+
+        names = {text: name for name, text in vars(Q).items() if isinstance(text, str)}
+        spent: dict[str, float] = collections.defaultdict(float)
+        runs: collections.Counter[str] = collections.Counter()
+        run = graph_ladybug._Tx.run
+
+        def timed(tx: Any, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+            started = time.perf_counter()
+            try:
+                return run(tx, query, params)
+            finally:
+                name = names.get(query, query[:40])
+                spent[name] += time.perf_counter() - started
+                runs[name] += 1
+
+        graph_ladybug._Tx.run = timed  # type: ignore[method-assign]
+        applies = []
+        rest = records[args.prefill :]
+        for start in range(0, len(rest), args.size):
+            batch = rest[start : start + args.size]
+            ops = plan_batch(log, batch)
+            started = time.perf_counter()
+            store.apply(ops, batch[-1].seq)
+            applies.append(time.perf_counter() - started)
+        graph_ladybug._Tx.run = run  # type: ignore[method-assign]
+        store.close()
+        log.close()
+    count = len(applies)
+    print(
+        f"{count} batches of {args.size} events after {args.prefill:,}: apply median "
+        f"{1000 * statistics.median(applies):.2f} ms, mean {1000 * statistics.fmean(applies):.2f} ms"
+    )
+    for name, seconds in sorted(spent.items(), key=lambda item: -item[1]):
+        print(f"  {name:20} {1000 * seconds / count:7.2f} ms per batch ({runs[name] / count:.2f} runs)")
+    rest_ms = 1000 * (sum(applies) - sum(spent.values())) / count
+    print(f"  {'BEGIN/COMMIT, Python':20} {rest_ms:7.2f} ms per batch")
+
+
+if __name__ == "__main__":
+    main()
