@@ -370,10 +370,10 @@ def _time(value: str | None, name: str) -> datetime | None:
 
 
 @main.command("log")
-@click.option("--memory", "memory_id")
-@click.option("--user", "user_id")
-@click.option("--agent", "agent_id")
-@click.option("--run", "run_id")
+@click.option("--memory", "memory_id", help="the memory's own events and the delete-alls and resets that ended it")
+@click.option("--user", "user_id", help="events of the user's memories, delete-alls naming the user, and resets")
+@click.option("--agent", "agent_id", help="as --user, for an agent")
+@click.option("--run", "run_id", help="as --user, for a run")
 @click.option("--type", "event_type", type=click.Choice(EVENT_TYPES))
 @click.option("--since", help="RFC 3339 time")
 @click.option("--until", help="RFC 3339 time")
@@ -396,7 +396,12 @@ def log_cmd(
     desc: bool,
     as_json: bool,
 ) -> None:
-    """Read the history (JSON Lines with --json)."""
+    """Read the history (JSON Lines with --json).
+
+    A scope filter matches the scope an event was recorded with: a delete-all
+    for an agent that also removed some of a user's memories is listed under
+    --agent, not --user (each memory's --memory history shows it).
+    """
     with library_errors():
         query = LogQuery(
             memory_id=memory_id,

@@ -117,7 +117,14 @@ class LogStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LogQuery(msgspec.Struct, frozen=True, kw_only=True):
-    """Filters for :meth:`EventLog.query`; every given field must match."""
+    """Filters for :meth:`EventLog.query`; every given field must match.
+
+    ``memory_id``: the memory's stream, the bulk events that ended a version of
+    it included. ``user_id`` / ``agent_id`` / ``run_id``: the scope columns an
+    event was recorded with (a memory's later events carry its scope), plus
+    every reset. A ``memories.deleted`` given only an agent or a run is not
+    listed under the users whose memories it removed.
+    """
 
     memory_id: str | None = None
     user_id: str | None = None
