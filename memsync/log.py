@@ -141,6 +141,22 @@ class LogQuery(msgspec.Struct, frozen=True, kw_only=True):
                 raise InputError(f"`{name}` is not valid text (a lone surrogate: undecodable bytes?)", field=name)
 
 
+def query_filters(q: LogQuery) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
+    """What the SQL backends filter on: (condition with one ``?`` placeholder, value) pairs for the
+    memory, type and time filters, and the given scope fields as (column, value)."""
+    conditions: list[tuple[str, Any]] = []
+    if q.memory_id is not None:  # the memory's stream, bulk deletes included
+        conditions.append(("seq IN (SELECT seq FROM streams WHERE memory_id = ?)", q.memory_id))
+    if q.type is not None:
+        conditions.append(("type = ?", q.type))
+    if q.since is not None:
+        conditions.append(("recorded_at >= ?", format_time(q.since)))
+    if q.until is not None:
+        conditions.append(("recorded_at <= ?", format_time(q.until)))
+    scope = [(field, value) for field in SCOPE_FIELDS if (value := getattr(q, field)) is not None]
+    return conditions, scope
+
+
 def encodable(value: str) -> bool:
     """Whether ``value`` has a UTF-8 form (a str from undecodable argv bytes holds lone surrogates)."""
     try:

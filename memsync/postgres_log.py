@@ -84,6 +84,7 @@ from memsync.log import (
     gc_paused,
     plan_append,
     prepare,
+    query_filters,
 )
 from memsync.system import redact_url
 
@@ -940,21 +941,10 @@ def _prefixed(alias: str, columns: str) -> str:
 
 def _query_sql(q: LogQuery) -> tuple[str, list[Any]]:
     """``AND …`` clauses for :meth:`PostgresEventLog.query`; scope filters also match resets."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if q.memory_id is not None:  # the memory's stream, bulk deletes included
-        clauses.append("seq IN (SELECT seq FROM streams WHERE memory_id = %s)")
-        params.append(q.memory_id)
-    scope = [(k, getattr(q, k)) for k in SCOPE_FIELDS if getattr(q, k) is not None]
+    conditions, scope = query_filters(q)
+    clauses = [condition.replace("?", "%s") for condition, _ in conditions]
+    params = [value for _, value in conditions]
     if scope:
-        clauses.append("((" + " AND ".join(f"{k} = %s" for k, _ in scope) + ") OR type = 'memories.reset')")
-        params.extend(v for _, v in scope)
-    for clause, value in (
-        ("type = %s", q.type),
-        ("recorded_at >= %s", None if q.since is None else format_time(q.since)),
-        ("recorded_at <= %s", None if q.until is None else format_time(q.until)),
-    ):
-        if value is not None:
-            clauses.append(clause)
-            params.append(value)
+        clauses.insert(0, "((" + " AND ".join(f"{k} = %s" for k, _ in scope) + ") OR type = 'memories.reset')")
+        params[:0] = [v for _, v in scope]
     return "".join(f" AND {c}" for c in clauses), params

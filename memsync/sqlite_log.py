@@ -51,6 +51,7 @@ from memsync.log import (
     gc_paused,
     plan_append,
     prepare,
+    query_filters,
 )
 
 SCHEMA: Final = """
@@ -693,22 +694,9 @@ def _prefixed(alias: str, columns: str) -> str:
 
 def _query_branches(q: LogQuery) -> list[tuple[str, list[Any]]]:
     """The WHERE conditions of a query: one branch, or with a scope two (its events; the resets)."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if q.memory_id is not None:  # the memory's stream, bulk deletes included
-        clauses.append("seq IN (SELECT seq FROM streams WHERE memory_id = ?)")
-        params.append(q.memory_id)
-    if q.type is not None:
-        clauses.append("type = ?")
-        params.append(q.type)
-    if q.since is not None:
-        clauses.append("recorded_at >= ?")
-        params.append(format_time(q.since))
-    if q.until is not None:
-        clauses.append("recorded_at <= ?")
-        params.append(format_time(q.until))
-    where = "".join(f" AND {c}" for c in clauses)
-    scope = [(k, getattr(q, k)) for k in ("user_id", "agent_id", "run_id") if getattr(q, k) is not None]
+    conditions, scope = query_filters(q)
+    where = "".join(f" AND {condition}" for condition, _ in conditions)
+    params = [value for _, value in conditions]
     if not scope:
         return [(where, params)]
     match = "".join(f" AND {k} = ?" for k, _ in scope)
