@@ -64,10 +64,11 @@ BULK_CHUNK = 20_000  # memories per bulk-load transaction (see bulk_load)
 BUFFER_POOL = 512 * 2**20  # bytes, at least (see buffer_pool_for); the engine's default is 80 % of the RAM
 RECYCLE_EVERY = 256  # write transactions per writer connection (see _recycle_writer)
 # The engine checkpoints (folds the WAL into the database file) at the COMMIT that takes the WAL
-# past this size, stalling that commit ~200-300 ms whatever the size: its default, 16 MB, is one
-# stall every ~20 s of following at 500 events/s. 64 MB makes it one a minute or so, for a longer
-# WAL replay when opening after a crash (~1 s) and up to 64 MB more on disk.
-WAL_CHECKPOINT = 64 * 2**20  # bytes
+# past this size, stalling that commit (~0.3 s in a small store, ~1 s at 40k memories): its
+# default, 16 MB, is one stall every ~30 s of following at 500 events/s. Not more: what the WAL
+# holds stays in the buffer pool until the checkpoint, and at 64 MB a follower filled a 512 MB pool
+# after ~40k events (every apply then failed with "the buffer pool is full").
+WAL_CHECKPOINT = 16 * 2**20  # bytes
 WHAT = "LadybugDB graph store"
 
 SCHEMA = (
