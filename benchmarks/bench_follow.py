@@ -101,9 +101,9 @@ class _InProcess:
 
 
 def _run(settings: Settings, where: str) -> dict[str, Any]:
-    # two minutes: long enough for the steady state of a growing store (~45k memories) and for at
-    # least one of LadybugDB's WAL checkpoints (a 64 MB WAL takes ~100 s at this rate); 20 s from
-    # an empty store saw neither and flattered the follower (p99 30-35 ms there, ~100-950 ms here)
+    # two minutes: long enough for a growing store (~45k memories) and for LadybugDB's WAL
+    # checkpoints, whose stalls grow with the store; 20 s from an empty store saw neither and
+    # flattered the follower (p99 30-35 ms there, 0.6-0.8 s over two minutes)
     seconds = settings.pick(120, 2)
     each = int(seconds * RATE / WRITERS)
     plans = [_events(w, each) for w in range(WRITERS)]

@@ -945,6 +945,6 @@ def _query_sql(q: LogQuery) -> tuple[str, list[Any]]:
     clauses = [condition.replace("?", "%s") for condition, _ in conditions]
     params = [value for _, value in conditions]
     if scope:
-        clauses.insert(0, "((" + " AND ".join(f"{k} = %s" for k, _ in scope) + ") OR type = 'memories.reset')")
-        params[:0] = [v for _, v in scope]
+        clauses.append("((" + " AND ".join(f"{k} = %s" for k, _ in scope) + ") OR type = 'memories.reset')")
+        params.extend(v for _, v in scope)
     return "".join(f" AND {c}" for c in clauses), params

@@ -151,10 +151,10 @@ def vouched(ops: Sequence[Op], pending: dict[str, MemoryState | None]) -> dict[s
     """Memory id -> the state the projector vouches the store holds (an Upsert's or a Delete's ``before``)."""
     out = {}
     for op in ops:
-        if isinstance(op, Upsert) and op.before is not None and pending.get(op.memory.memory_id) is op.memory:
-            out[op.memory.memory_id] = op.before
-        elif isinstance(op, Delete) and op.before is not None and op.memory_id in pending and not pending[op.memory_id]:
-            out[op.memory_id] = op.before
+        if isinstance(op, Upsert | Delete) and op.before is not None:
+            memory_id, now = (op.memory.memory_id, op.memory) if isinstance(op, Upsert) else (op.memory_id, None)
+            if memory_id in pending and pending[memory_id] is now:  # the op that decided the memory's fate
+                out[memory_id] = op.before
     return out
 
 
@@ -357,17 +357,18 @@ class CypherGraphStore(GraphStore):
         is asked only about memories without a ``before``: first which are in it
         (a primary-key lookup), then what those mention (a walk that costs more).
         """
-        same = [i for i, state in before.items() if (now := pending[i]) is not None and edges(state) == edges(now)]
+        same = {i: now for i, state in before.items() if (now := pending[i]) is not None and edges(state) == edges(now)}
         rewrite = [memory_id for memory_id in pending if memory_id not in same]
         rows = GraphRows.of(m for memory_id in rewrite if (m := pending[memory_id]) is not None)
+        known_stored = [memory_id for memory_id in rewrite if memory_id in before]
         unknown = [memory_id for memory_id in rewrite if memory_id not in before]
         in_store = [row[0] for row in tx.run(Q.MEMORIES_IN_STORE, {"ids": unknown})] if unknown else []
         found = tx.run(Q.OLD_MENTIONS, {"ids": in_store}) if in_store else []
         old_keys = {key for _, key in found if key is not None}  # the entities they mentioned
-        stored = [memory_id for memory_id in rewrite if memory_id in before] + in_store
-        for memory_id in stored[: len(stored) - len(in_store)]:
+        for memory_id in known_stored:
             state = before[memory_id]
             old_keys.update(rows.key(*state.scope, name) for name in state.mentions)
+        stored = known_stored + in_store
         if stored:  # in a follow workload most memories of a batch are new: then none of this runs
             tx.run(Q.DELETE_RELATES, {"ids": stored})
             tx.run(Q.DELETE_MENTIONS, {"ids": stored})
@@ -375,7 +376,7 @@ class CypherGraphStore(GraphStore):
             if gone:
                 tx.run(Q.DELETE_MEMORIES, {"ids": gone})
         known = set(stored)
-        updated = [memory_row(m) for memory_id in same if (m := pending[memory_id]) is not None]
+        updated = [memory_row(m) for m in same.values()]
         self._batch(tx, Q.UPDATE_MEMORIES, updated + [row for row in rows.memories if row["memory_id"] in known])
         self._batch(tx, Q.CREATE_MEMORIES, [row for row in rows.memories if row["memory_id"] not in known])
         types = self._write_entities(tx, rows, old_keys)
