@@ -237,8 +237,8 @@ class LadybugGraphStore(CypherGraphStore):
         written, in a transaction of its own: a kill before it leaves this store at
         checkpoint 0 (it was empty) over the chunks already durable, and catching
         up from 0 rewrites each of those memories (every apply is idempotent, and
-        an entity that lost a MENTIONS is retyped exactly). A transaction, a writer
-        and the chunk's Arrow tables per chunk bound the memory a load takes.
+        an entity that lost a MENTIONS is retyped exactly). A transaction, an opening
+        of the database and the chunk's Arrow tables per chunk bound the memory a load takes.
         """
         with self._read("checking the store is empty") as tx:
             if tx.run(Q.HAS_DATA):
@@ -253,8 +253,7 @@ class LadybugGraphStore(CypherGraphStore):
                     self._copy(tx, "MENTIONS", rows.mentions)
                     self._copy(tx, "RELATES", rows.relates)
                 del rows, entities
-                with self._write_lock:
-                    self._recycle_writer()  # the statement cache holds the chunk's Arrow tables
+                self._reopen()  # the statement cache holds the chunk's Arrow tables, the engine what COPY built
                 release_memory()
             self._checkpoint_engine(f"making a bulk load up to seq {checkpoint} durable")
             with self._write(f"finishing a bulk load at seq {checkpoint}") as tx:
@@ -285,6 +284,18 @@ class LadybugGraphStore(CypherGraphStore):
         var = f"r{self._copies}"
         fields = ", ".join(f"{var}.{k}" for k in rows[0])
         tx.run(f"COPY {table} FROM (UNWIND $rows AS {var} RETURN {fields})", {"rows": rows})
+
+    def _reopen(self) -> None:
+        """Close and open the database again: what the engine keeps after a COPY leaves the process.
+
+        Measured on a 1M-event rebuild: the memory left between chunks grew from 166 to
+        327 MB over 21 chunks with only the writer recycled, and stayed at 153-191 MB
+        with the database reopened; the time is the same (each chunk's commit has
+        already checkpointed, so the open replays nothing).
+        """
+        with self._write_lock, self._read_lock:
+            self._close_db()
+            self._open()
 
     def _recycle_writer(self) -> None:
         """A new writer connection: drops the binding's statement cache and the data it holds.

@@ -275,21 +275,21 @@ KILLED_IN_A_CHUNKED_BULK_LOAD = textwrap.dedent(
 
     graph_ladybug.BULK_CHUNK = 4  # several chunks (of the ~15 live memories), each its own transaction
     store_class = graph_ladybug.LadybugGraphStore
-    recycle, set_checkpoint = store_class._recycle_writer, store_class._set_checkpoint
+    reopen, set_checkpoint = store_class._reopen, store_class._set_checkpoint
     chunks = []
 
-    def after_a_chunk(self):  # the writer is recycled after each committed chunk
+    def after_a_chunk(self):  # the database is reopened after each committed chunk
         chunks.append(1)
         if sys.argv[2] == "after 2 chunks" and len(chunks) == 2:
             os.kill(os.getpid(), signal.SIGKILL)
-        recycle(self)
+        reopen(self)
 
     def at_the_store_checkpoint(self, tx, seq):
         if seq and sys.argv[2] == "at the store checkpoint":
             os.kill(os.getpid(), signal.SIGKILL)
         set_checkpoint(self, tx, seq)
 
-    store_class._recycle_writer, store_class._set_checkpoint = after_a_chunk, at_the_store_checkpoint
+    store_class._reopen, store_class._set_checkpoint = after_a_chunk, at_the_store_checkpoint
     MemSync(MemsyncConfig(data_dir=Path(sys.argv[1]))).rebuild(["graph"], in_place=True)
     """
 )
