@@ -23,7 +23,8 @@ transactions (the cache would keep every chunk alive); re-executing a cached ``C
 text. ``apply`` does not COPY: the commit of a transaction that COPYs runs the
 engine's CHECKPOINT (that is what makes the rows durable; see bulk_load), ~170 ms
 and more. Driver errors are ``RuntimeError``; they become
-:class:`~memsync.errors.StoreError` in :meth:`LadybugGraphStore._transaction`.
+:class:`~memsync.errors.StoreError` in :meth:`LadybugGraphStore._transaction`
+(a full buffer pool :class:`~memsync.errors.StoreUnavailable`, see POOL_FULL).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import ladybug
 
-from memsync.errors import StoreError
+from memsync.errors import StoreError, StoreUnavailable
 from memsync.locks import DirLock
 from memsync.stores import Projection
 from projections._dirswap import open_locked, rebuild_dir, swap_in
@@ -69,6 +70,12 @@ RECYCLE_EVERY = 256  # write transactions per writer connection (see _recycle_wr
 # holds stays in the buffer pool until the checkpoint, and at 64 MB a follower filled a 512 MB pool
 # after ~40k events (every apply then failed with "the buffer pool is full").
 WAL_CHECKPOINT = 16 * 2**20  # bytes
+# A full buffer pool fails every statement that needs a page, whatever the batch: a resource
+# fault, not a poison event, so it is StoreUnavailable (retried, never parked). Once it happened,
+# measured with a 16 MB pool: later applies mostly keep failing, reopening the database does not
+# help (the open does not checkpoint) and a CHECKPOINT after reopening left a corrupt file, so
+# the store attempts no recovery of its own.
+POOL_FULL = "buffer pool is full"
 WHAT = "LadybugDB graph store"
 
 SCHEMA = (
@@ -216,6 +223,11 @@ class LadybugGraphStore(CypherGraphStore):
         except BaseException as e:
             with suppress(RuntimeError):  # the engine ends a transaction itself when a statement fails
                 conn.execute("ROLLBACK")
+            if isinstance(e, RuntimeError) and POOL_FULL in str(e):
+                raise StoreUnavailable(
+                    f"{self.describe()}: {what} failed: {e} (the engine's memory, not the data: retried, never "
+                    "parked; if it persists, `memsync rebuild graph` builds a fresh store)"
+                ) from e
             if isinstance(e, RuntimeError):
                 raise StoreError(f"{self.describe()}: {what} failed: {e}") from e
             raise

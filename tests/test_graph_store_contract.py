@@ -622,3 +622,38 @@ def test_neo4j_rejected_statement_is_a_store_error(neo4j_store: GraphStore, monk
     assert not isinstance(caught.value, StoreUnavailable)
     monkeypatch.undo()
     assert neo4j_store.checkpoint() == 0 and neo4j_store.snapshot().memories == {}
+
+
+def test_ladybug_full_buffer_pool_is_unavailable_not_poison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full buffer pool fails any batch: the runner retries it and parks nothing (parking skips events)."""
+    from memsync.config import ProjectorConfig
+    from memsync.projector import ProjectionRunner
+    from projections import graph_ladybug
+
+    monkeypatch.setattr(graph_ladybug, "WAL_CHECKPOINT", 64 * 2**20)  # the WAL's pages stay in the 16 MB pool
+    log = SQLiteEventLog(tmp_path / "events.db", synchronous="OFF")
+    text = "x" * 1000  # rows this size fill the pool at ~3,000 events (2,000 characters crash the engine)
+    for start in range(0, 4000, 500):
+        log.append(
+            [
+                MemoryAdded(
+                    memory_id=f"m{i}",
+                    text=f"{i} {text}",
+                    user_id=f"u{i % 50}",
+                    entities=[Entity(name=f"e{i % 997}"), Entity(name=f"f{i % 31}")],
+                    relations=[Relation(source=f"e{i % 997}", relation="knows", target=f"f{i % 31}")],
+                )
+                for i in range(start, start + 500)
+            ]
+        )
+    store = graph_ladybug.LadybugGraphStore(tmp_path / "graph", buffer_pool=16 * 2**20)
+    config = ProjectorConfig(batch_size=100, max_attempts=2, backoff_initial=0.0, backoff_max=0.0)
+    runner = ProjectionRunner(log, store, config)
+    try:
+        with pytest.raises(StoreUnavailable, match=graph_ladybug.POOL_FULL):
+            runner.catch_up()
+        assert runner.parked_count == 0 and not log.parked("graph")
+        assert 0 < store.checkpoint() < log.head().seq  # what was applied stays; the rest waits for a retry
+    finally:
+        store.close()
+        log.close()
