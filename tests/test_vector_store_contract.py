@@ -765,3 +765,66 @@ def test_edge_apply_does_not_flush_and_a_killed_process_keeps_checkpoint_and_bat
         assert {p.memory_id for p in store.points()} == expected
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- Edge bulk load: mapped pages
+
+
+def _mapped_kb(path: Path) -> int:
+    """Resident KB of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, current = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields[0][0] in "0123456789abcdef" and "-" in fields[0]:
+                current = fields[-1] == str(path)
+            elif current and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="release_mapped is Linux only (a no-op elsewhere)")
+def test_release_mapped_pages_out_shared_mappings_and_keeps_every_byte(tmp_path: Path) -> None:
+    import mmap
+
+    from projections.vector_edge import release_mapped
+
+    size = 8 * 2**20
+    shared, private = tmp_path / "shared.bin", tmp_path / "private.bin"
+    for path in (shared, private):
+        path.write_bytes(b"\0" * size)
+    with open(shared, "r+b") as f, open(private, "r+b") as g:
+        written = mmap.mmap(f.fileno(), size)  # MAP_SHARED, written through: every page dirty
+        kept = mmap.mmap(g.fileno(), size, access=mmap.ACCESS_COPY)  # MAP_PRIVATE: its writes exist only here
+        data = random.Random(3).randbytes(size)
+        written[:], kept[:] = data, data
+        assert _mapped_kb(shared) >= size // 1024 * 0.9 and _mapped_kb(private) >= size // 1024 * 0.9
+        release_mapped(tmp_path)
+        assert _mapped_kb(shared) < size // 1024 * 0.1  # paged out
+        assert _mapped_kb(private) >= size // 1024 * 0.9  # left alone
+        assert written[:] == data and kept[:] == data  # read back through the mappings
+        written.close()
+        kept.close()
+    assert shared.read_bytes() == data and private.read_bytes() == b"\0" * size
+
+
+def test_edge_bulk_load_releasing_and_recycling_keeps_every_point(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from projections import vector_edge
+
+    monkeypatch.setattr(vector_edge, "BULK_BATCH", 40)
+    monkeypatch.setattr(vector_edge, "RECYCLE_POINTS", 200)  # released after most writes, recycled after some
+    memories = [memory(f"m{i}", [1.0, i / 600, 0.5, 0.25], seq=i + 1) for i in range(600)]
+    store = open_backend("edge", data_dir)
+    try:
+        store.bulk_load(iter(memories), 600)
+        assert_holds(store, {m.memory_id: m for m in memories})
+        assert store.checkpoint() == 600
+    finally:
+        store.close()
+    again = open_backend("edge", data_dir)
+    try:
+        assert_holds(again, {m.memory_id: m for m in memories})
+    finally:
+        again.close()
