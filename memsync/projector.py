@@ -444,12 +444,19 @@ def final_states(
     ``progress`` advances in events, in proportion to the memories done, up to ``seq``.
     """
     ids = log.memory_ids(seq)
-    reported = 0
-    for start in range(0, len(ids), chunk):
-        records = log.replay_streams(ids[start : start + chunk], until_seq=seq, vectors=vectors)
+    total = len(ids)
+    # one NUL-joined string per chunk (no id holds a NUL), taken as the chunks are folded: a str object
+    # per id costs ~3x its text (at 1M events 409k ids: 48 MB as a list, 15 MB so) for the whole load
+    pages = ["\0".join(ids[start : start + chunk]) for start in range(0, total, chunk)][::-1]
+    del ids
+    folded = reported = 0
+    while pages:
+        page = pages.pop().split("\0")
+        records = log.replay_streams(page, until_seq=seq, vectors=vectors)
         yield from fold(records, State(graph=graph))
+        folded += len(page)
         if progress is not None:
-            done = seq * min(len(ids), start + chunk) // len(ids)
+            done = seq * folded // total
             progress(done - reported)
             reported = done
     if progress is not None and reported < seq:

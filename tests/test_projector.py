@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -350,3 +351,21 @@ def test_verify_detects_each_kind_of_drift_and_repair_fixes_it(make_system: Make
         assert report[kind].stale == ["edit"], kind
     system.verify(repair=True)
     assert_in_sync(system)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 5000])
+def test_final_states_in_chunks_are_the_fold_of_the_log(tmp_path: Path, chunk: int) -> None:
+    from memsync.projector import final_states
+    from memsync.sqlite_log import SQLiteEventLog
+
+    log = SQLiteEventLog(tmp_path / "events.db", synchronous="OFF")
+    events = list(random_stream(400, seed=17))
+    for start in range(0, len(events), 40):
+        log.append(events[start : start + 40])
+    for seq in (log.head().seq, 250):  # the head (the log's own table) and a seq before it (the streams)
+        steps: list[int] = []
+        got = {m.memory_id: m for m in final_states(log, seq, chunk=chunk, progress=steps.append)}
+        want = {m.memory_id: m for m in fold(log.read(limit=seq))}
+        assert got == want and len(got) > 20
+        assert sum(steps) == seq and all(step >= 0 for step in steps)
+    log.close()
