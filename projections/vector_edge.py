@@ -457,7 +457,7 @@ def release_mapped(directory: Path) -> None:
     """
     if _madvise is None:
         return
-    prefix = f"{directory}{os.sep}"
+    prefix = f"{directory.resolve()}{os.sep}"  # the kernel lists absolute paths without symlinks
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)

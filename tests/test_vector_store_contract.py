@@ -784,7 +784,9 @@ def _mapped_kb(path: Path) -> int:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="release_mapped is Linux only (a no-op elsewhere)")
-def test_release_mapped_pages_out_shared_mappings_and_keeps_every_byte(tmp_path: Path) -> None:
+def test_release_mapped_pages_out_shared_mappings_and_keeps_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mmap
 
     from projections.vector_edge import release_mapped
@@ -799,7 +801,8 @@ def test_release_mapped_pages_out_shared_mappings_and_keeps_every_byte(tmp_path:
         data = random.Random(3).randbytes(size)
         written[:], kept[:] = data, data
         assert _mapped_kb(shared) >= size // 1024 * 0.9 and _mapped_kb(private) >= size // 1024 * 0.9
-        release_mapped(tmp_path)
+        monkeypatch.chdir(tmp_path.parent)  # a relative path names the same mappings
+        release_mapped(Path(tmp_path.name))
         assert _mapped_kb(shared) < size // 1024 * 0.1  # paged out
         assert _mapped_kb(private) >= size // 1024 * 0.9  # left alone
         assert written[:] == data and kept[:] == data  # read back through the mappings
