@@ -33,7 +33,8 @@ from typing import Any
 from benchmarks.common import Figure, Result, Settings, median, percentile
 from benchmarks.workload import Vectors, added_events
 from memsync.config import MemsyncConfig
-from memsync.events import Event, MemoryUpdated
+from memsync.events import Event, MemoryUpdated, RecordedEvent
+from memsync.projector import strip_vectors
 from memsync.sqlite_log import SQLiteEventLog
 from memsync.system import MemSync
 
@@ -42,6 +43,17 @@ WRITERS = 4
 KINDS = ("vector", "graph")
 Reached = dict[str, list[tuple[int, float]]]  # projection -> (last seq of a batch, when it was applied)
 Applied = dict[str, list[tuple[int, float]]]  # projection -> (events in a batch, seconds its apply took)
+
+
+def scratch_log(path: Path, total: int) -> tuple[SQLiteEventLog, list[RecordedEvent]]:
+    """``total`` events of this benchmark's stream (its writers interleaved) in a new log at ``path``
+    (not durable), and their records without vectors, as the graph follower reads them."""
+    each = -(-total // WRITERS)
+    log = SQLiteEventLog(path, synchronous="OFF")
+    plans = [_events(w, each) for w in range(WRITERS)]
+    for k in range(each):
+        log.append([plans[w][k] for w in range(WRITERS)])
+    return log, list(strip_vectors(log.read(limit=total)))
 
 
 def _events(writer: int, count: int) -> list[Event]:

@@ -32,6 +32,7 @@ from memsync.fold import MemoryState, entity_key, fold
 from memsync.projector import rebuild
 from memsync.sqlite_log import SQLiteEventLog
 from memsync.stores import open_store, point_id, vector_payload
+from projections._graph_common import memory_row
 
 Row = dict[str, Any]
 
@@ -141,17 +142,7 @@ class GraphInput:
         self.mentions: list[Row] = []
         self.relates: list[Row] = []
         for m in memories:
-            self.memories.append(
-                {
-                    "memory_id": m.memory_id,
-                    "text": m.text,
-                    "user_id": m.user_id,
-                    "agent_id": m.agent_id,
-                    "run_id": m.run_id,
-                    "version": m.version,
-                    "seq": m.seq,
-                }
-            )
+            self.memories.append(memory_row(m))
             field, value = m.scope
             for name, typ in m.mentions.items():
                 key = entity_key(field, value, name)

@@ -19,23 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_follow import WRITERS, _events
-from memsync.projector import plan_batch, strip_vectors
-from memsync.sqlite_log import SQLiteEventLog
+from benchmarks.bench_follow import scratch_log
+from memsync.projector import plan_batch
 from projections import graph_ladybug
 
 WAL_EVENTS = (50, 200, 1000, 4000, 14000)
 
 
 def _profile(prefill: int) -> None:
-    total = prefill + sum(WAL_EVENTS)
-    each = -(-total // WRITERS)
     with tempfile.TemporaryDirectory() as tmp:
-        log = SQLiteEventLog(Path(tmp) / "events.db", synchronous="OFF")
-        plans = [_events(w, each) for w in range(WRITERS)]
-        for k in range(each):
-            log.append([plans[w][k] for w in range(WRITERS)])
-        records = list(strip_vectors(log.read(limit=total)))
+        log, records = scratch_log(Path(tmp) / "events.db", prefill + sum(WAL_EVENTS))
         store = graph_ladybug.LadybugGraphStore(Path(tmp) / "graph")
         wal = Path(tmp) / "graph" / f"{graph_ladybug.DB_FILE}.wal"
 

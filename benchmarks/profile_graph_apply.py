@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_follow import WRITERS, _events
-from memsync.projector import plan_batch, strip_vectors
-from memsync.sqlite_log import SQLiteEventLog
+from benchmarks.bench_follow import scratch_log
+from memsync.projector import plan_batch
 from projections import graph_ladybug
 from projections._graph_common import Q
 
@@ -33,14 +32,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=180, help="batches timed")
     parser.add_argument("--size", type=int, default=10, help="events per timed batch")
     args = parser.parse_args()
-    total = args.prefill + args.batches * args.size
-    each = -(-total // WRITERS)
     with tempfile.TemporaryDirectory() as tmp:
-        log = SQLiteEventLog(Path(tmp) / "events.db", synchronous="OFF")
-        plans = [_events(w, each) for w in range(WRITERS)]
-        for k in range(each):
-            log.append([plans[w][k] for w in range(WRITERS)])
-        records = list(strip_vectors(log.read(limit=total)))
+        log, records = scratch_log(Path(tmp) / "events.db", args.prefill + args.batches * args.size)
         store = graph_ladybug.LadybugGraphStore(Path(tmp) / "graph")
         for start in range(0, args.prefill, 500):
             chunk = records[start : min(start + 500, args.prefill)]
