@@ -3,6 +3,7 @@
 Files, next to each other in the data dir::
 
     graph/memsync.lbug (+ .wal)   the database; the checkpoint node lives in it
+    graph/bulk-load/              the Parquet files of a bulk load under way (removed by the next open)
     graph.lock                    DirLock: names the process that owns the store
     graph.rebuild/                a fresh database being built by a rebuild
     graph.old/                    the previous database during a rebuild swap
@@ -16,9 +17,9 @@ directories for the whole time.
 
 Engine facts this module works around (ladybug 0.22): the Python binding caches
 every statement it prepares, keyed by the parameters' types, with the last
-parameters bound, and an Arrow table is a new type each time, so the writer
-connection is recycled after each bulk-load chunk and every RECYCLE_EVERY
-transactions (the cache would keep every chunk alive); re-executing a cached ``COPY … FROM
+parameters bound, and an Arrow table is a new type each time, so the database
+is reopened after each bulk-load COPY and the writer connection recycled every
+RECYCLE_EVERY transactions (the cache would keep every batch alive); re-executing a cached ``COPY … FROM
 (subquery)`` crashes the process, so without pyarrow every COPY gets its own
 text. ``apply`` does not COPY: the commit of a transaction that COPYs runs the
 engine's CHECKPOINT (that is what makes the rows durable; see bulk_load), ~170 ms
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 try:  # pyarrow makes bulk loads ~5x faster (COPY FROM an Arrow table instead of parameter lists)
     import pyarrow
+    import pyarrow.parquet
 except ImportError:  # pragma: no cover - the fallback is tested by setting pyarrow to None
     pyarrow = None
 
@@ -61,13 +63,17 @@ except (OSError, AttributeError):  # pragma: no cover - not glibc
     _malloc_trim = None
 
 DB_FILE = "memsync.lbug"
-# memories per bulk-load transaction (see bulk_load). Each chunk's COPY also rewrites the edges
-# already stored at the entities it touches, so its memory and time grow with the graph: at 1M
-# events 10,000 peaks ~70 MB lower than 20,000 and takes ~1.5x the time (85 s instead of 57 s)
-BULK_CHUNK = 10_000
+# memories folded into rows and spilled at a time by a bulk load (without pyarrow: COPYed, a transaction
+# each). Measured at 1M events (graph store alone): 5,000 peaks at 333 MB, 25,000 at 417 MB
+BULK_CHUNK = 5_000
 # engine threads for a bulk load's COPYs: one peaks ~25 MB lower at 1M events than the default (one
 # per core) for ~2-5 % more time on 2 cores (a follower's applies keep the default)
 BULK_THREADS = 1
+# rows per COPY FROM a spilled file (about: a file ends with the chunk that reaches it). A COPY into
+# an edge table rewrites the edges already stored at the nodes it touches, so the fewer the better;
+# one COPY of 1.44M MENTIONS (1M events) peaked at ~400 MB, 500,000 at no more than the fold needs
+COPY_PART = 500_000
+SPILL_DIR = "bulk-load"  # the rows of a bulk load under way, beside the database (see _Spill)
 BUFFER_POOL = 512 * 2**20  # bytes, at least (see buffer_pool_for); the engine's default is 80 % of the RAM
 RECYCLE_EVERY = 256  # write transactions per writer connection (see _recycle_writer)
 # The engine checkpoints (folds the WAL into the database file) at the COMMIT that takes the WAL
@@ -158,6 +164,7 @@ class LadybugGraphStore(CypherGraphStore):
         self._copies = 0
         self._writes = 0
         self._buffer_pool = buffer_pool or buffer_pool_for(path)
+        shutil.rmtree(path / SPILL_DIR, ignore_errors=True)  # left by a bulk load that was killed
         self._open()
 
     def describe(self) -> str:
@@ -246,39 +253,59 @@ class LadybugGraphStore(CypherGraphStore):
     # -- bulk load
 
     def bulk_load(self, memories: Iterable[MemoryState], checkpoint: int) -> None:
-        """COPY the memories, entities and edges, a transaction per chunk; the checkpoint last, alone.
+        """Fold the rows to Parquet files, then COPY them, a transaction per file; the checkpoint last, alone.
+
+        The memories come chunk by chunk (BULK_CHUNK); their rows go to files beside
+        the database (:class:`_Spill`, COPY_PART rows each), then each file is COPYed
+        in its own transaction, nodes before edges, the database reopened after each
+        (what the engine keeps after a COPY leaves the process). COPYing every chunk
+        as it came made the load ~3x slower at 1M events: each COPY into an edge table
+        rewrites the edges already stored at the nodes it touches, so time and memory
+        grew with the graph.
 
         Rows a COPY writes become durable through the engine's own CHECKPOINT, not
         its WAL, while every other write of the same transaction is WAL-durable: a
         kill during that CHECKPOINT loses the rows and keeps the rest. So the rows
         are committed and CHECKPOINTed first, and only then the store checkpoint is
         written, in a transaction of its own: a kill before it leaves this store at
-        checkpoint 0 (it was empty) over the chunks already durable, and catching
-        up from 0 rewrites each of those memories (every apply is idempotent, and
-        an entity that lost a MENTIONS is retyped exactly). A transaction, an opening
-        of the database and the chunk's Arrow tables per chunk bound the memory a load takes.
+        checkpoint 0 (it was empty) over the nodes and edges already durable, and
+        catching up from 0 rewrites each of those memories with its edges (every
+        apply is idempotent, and an entity that lost a MENTIONS is retyped exactly).
         """
         with self._read("checking the store is empty") as tx:
             if tx.run(Q.HAS_DATA):
                 raise StoreError(f"{self.describe()}: bulk_load needs an empty store")
         bulk = BulkRows()
+        spill = _Spill(self.path / SPILL_DIR) if pyarrow is not None else None
         try:
             for chunk in batched(memories, BULK_CHUNK):
                 rows, entities = bulk.chunk(chunk)
-                self._connection(self._writer).set_max_threads_for_exec(BULK_THREADS)  # a new one each chunk
+                tables = [("Memory", rows.memories), ("Entity", entities)]
+                tables += [("MENTIONS", rows.mentions), ("RELATES", rows.relates)]
+                if spill is not None:
+                    for table, table_rows in tables:
+                        spill.add(table, table_rows)
+                    continue
                 with self._write(f"bulk loading {len(chunk)} memories up to seq {checkpoint}") as tx:
-                    self._copy(tx, "Memory", rows.memories)
-                    self._copy(tx, "Entity", entities)
-                    self._copy(tx, "MENTIONS", rows.mentions)
-                    self._copy(tx, "RELATES", rows.relates)
-                del rows, entities
-                self._reopen()  # the statement cache holds the chunk's Arrow tables, the engine what COPY built
+                    for table, table_rows in tables:  # without pyarrow: a transaction per chunk
+                        self._copy(tx, table, table_rows)
+                self._reopen()
+                release_memory()
+            for table, part in spill.parts() if spill is not None else ():
+                self._connection(self._writer).set_max_threads_for_exec(BULK_THREADS)  # a new one each part
+                with self._write(f"bulk loading {table} up to seq {checkpoint}") as tx:
+                    tx.run(f"COPY {table} FROM '{_cypher_path(part)}'")
+                self._reopen()  # what the engine keeps after a COPY leaves the process
                 release_memory()
             self._checkpoint_engine(f"making a bulk load up to seq {checkpoint} durable")
             with self._write(f"finishing a bulk load at seq {checkpoint}") as tx:
                 self._batch(tx, Q.SET_TYPES, bulk.retyped())
                 self._set_checkpoint(tx, checkpoint)
+        except OSError as e:  # writing the spilled files (a full disk, say)
+            raise StoreError(f"{self.describe()}: bulk loading up to seq {checkpoint} failed: {e}") from e
         finally:
+            if spill is not None:
+                spill.remove()
             with self._write_lock:
                 self._recycle_writer()
 
@@ -296,8 +323,7 @@ class LadybugGraphStore(CypherGraphStore):
         if not rows:
             return
         if pyarrow is not None:
-            schema = pyarrow.schema([(k, pyarrow.int64() if k in INT_COLUMNS else pyarrow.string()) for k in rows[0]])
-            tx.run(f"COPY {table} FROM $rows", {"rows": pyarrow.Table.from_pylist(rows, schema=schema)})
+            tx.run(f"COPY {table} FROM $rows", {"rows": pyarrow.Table.from_pylist(rows, schema=_arrow_schema(rows[0]))})
             return
         self._copies += 1  # a fresh variable name makes a fresh statement (see the module docstring)
         var = f"r{self._copies}"
@@ -358,3 +384,58 @@ class LadybugGraphStore(CypherGraphStore):
         fresh, self._fresh = self._fresh, None
         fresh.close()
         shutil.rmtree(fresh.path, ignore_errors=True)
+
+
+class _Spill:
+    """A bulk load's rows on disk until every chunk is folded: Parquet files of about COPY_PART rows.
+
+    Rows are dicts in their table's column order (for an edge: FROM key, TO key,
+    properties), the order a COPY FROM a file reads the columns in. :meth:`parts`
+    lists the files nodes first, in the order the tables were first given rows.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path  # created by the first add
+        self._files: dict[str, list[Path]] = {}  # table -> its files, in order
+        self._writers: dict[str, Any] = {}  # table -> its open pyarrow.parquet.ParquetWriter
+        self._rows: dict[str, int] = {}  # table -> rows in its open file
+
+    def add(self, table: str, rows: list[Row]) -> None:
+        if not rows:
+            return
+        writer = self._writers.get(table)
+        if writer is None or self._rows[table] >= COPY_PART:
+            if writer is not None:
+                writer.close()
+            if not self._files:
+                shutil.rmtree(self.path, ignore_errors=True)
+                self.path.mkdir(mode=0o700)
+            files = self._files.setdefault(table, [])
+            files.append(self.path / f"{table}-{len(files)}.parquet")
+            writer = self._writers[table] = pyarrow.parquet.ParquetWriter(files[-1], _arrow_schema(rows[0]))
+            self._rows[table] = 0
+        writer.write_table(pyarrow.Table.from_pylist(rows, schema=writer.schema))
+        self._rows[table] += len(rows)
+
+    def parts(self) -> list[tuple[str, Path]]:
+        """Each file with its table, once all are written in full."""
+        self._close()
+        return [(table, file) for table, files in self._files.items() for file in files]
+
+    def remove(self) -> None:
+        self._close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def _close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+
+def _arrow_schema(row: Row) -> Any:
+    return pyarrow.schema([(k, pyarrow.int64() if k in INT_COLUMNS else pyarrow.string()) for k in row])
+
+
+def _cypher_path(path: Path) -> str:
+    """A path as the text of a single-quoted Cypher string."""
+    return str(path.resolve()).replace("\\", "\\\\").replace("'", "\\'")

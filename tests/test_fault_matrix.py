@@ -34,6 +34,7 @@ from memsync.events import event_to_dict
 from memsync.stores import GraphStore, Op, Upsert
 from memsync.system import MemSync
 from memsync.verify import verify_store
+from projections.graph_ladybug import SPILL_DIR
 from tests.streams import random_stream
 from tests.test_projector import Flaky
 from tests.test_security import all_logs, closed_port  # noqa: F401 (all_logs: a fixture, used by name)
@@ -273,14 +274,15 @@ KILLED_IN_A_CHUNKED_BULK_LOAD = textwrap.dedent(
     from memsync.system import MemSync
     from projections import graph_ladybug
 
-    graph_ladybug.BULK_CHUNK = 4  # several chunks (of the ~15 live memories), each its own transaction
+    graph_ladybug.BULK_CHUNK = 4  # several chunks (of the ~15 live memories) ...
+    graph_ladybug.COPY_PART = 5  # ... in several files per table, each COPYed in its own transaction
     store_class = graph_ladybug.LadybugGraphStore
     reopen, set_checkpoint = store_class._reopen, store_class._set_checkpoint
-    chunks = []
+    parts = []
 
-    def after_a_chunk(self):  # the database is reopened after each committed chunk
-        chunks.append(1)
-        if sys.argv[2] == "after 2 chunks" and len(chunks) == 2:
+    def after_a_part(self):  # the database is reopened after each committed COPY
+        parts.append(1)
+        if sys.argv[2] == f"after {len(parts)} parts":
             os.kill(os.getpid(), signal.SIGKILL)
         reopen(self)
 
@@ -289,15 +291,16 @@ KILLED_IN_A_CHUNKED_BULK_LOAD = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         set_checkpoint(self, tx, seq)
 
-    store_class._reopen, store_class._set_checkpoint = after_a_chunk, at_the_store_checkpoint
+    store_class._reopen, store_class._set_checkpoint = after_a_part, at_the_store_checkpoint
     MemSync(MemsyncConfig(data_dir=Path(sys.argv[1]))).rebuild(["graph"], in_place=True)
     """
 )
 
 
-@pytest.mark.parametrize("when", ["after 2 chunks", "at the store checkpoint"])
+@pytest.mark.parametrize("when", ["after 2 parts", "after 4 parts", "at the store checkpoint"])
 def test_kill_9_in_a_chunked_in_place_bulk_load_leaves_checkpoint_0_and_converges(tmp_path: Path, when: str) -> None:
-    """Durable chunks under checkpoint 0 (entity types maybe not final yet): catching up rewrites them all."""
+    """Durable parts under checkpoint 0 (memories without entities or edges, entity types maybe not final):
+    catching up rewrites them all; the spilled files are gone with the next open."""
     data = tmp_path / "data"
     head = fill(data, 300)
     run_until_killed(tmp_path, KILLED_IN_A_CHUNKED_BULK_LOAD, data, when)
@@ -305,6 +308,7 @@ def test_kill_9_in_a_chunked_in_place_bulk_load_leaves_checkpoint_0_and_converge
         store = system.store("graph")
         assert isinstance(store, GraphStore)
         assert store.checkpoint() == 0 and store.counts()["memories"] >= 8  # rows durable, checkpoint not
+        assert not (data / "graph" / SPILL_DIR).exists()
         system.project()
         drift = verify_store(system.log, store)
         assert drift.ok and drift.checkpoint == head, drift

@@ -410,6 +410,55 @@ def test_ladybug_bulk_load_without_pyarrow(ladybug_config: MemsyncConfig, monkey
         store.close()
 
 
+def test_ladybug_bulk_load_copies_spilled_parts_and_removes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from projections import graph_ladybug
+
+    monkeypatch.setattr(graph_ladybug, "BULK_CHUNK", 7)
+    monkeypatch.setattr(graph_ladybug, "COPY_PART", 10)  # several files per table
+    copied: list[tuple[str, Path]] = []
+    parts = graph_ladybug._Spill.parts
+    monkeypatch.setattr(graph_ladybug._Spill, "parts", lambda self: copied.extend(parts(self)) or copied)
+    stream = RandomStream(seed=5)
+    for _ in stream.batches(300):
+        pass
+    memories = list(stream.live.values())
+    path = tmp_path / "it's \\ here" / "graph"  # a quote and a backslash in the COPY's file path
+    (path / graph_ladybug.SPILL_DIR).mkdir(parents=True)  # as a killed bulk load leaves it
+    (path / graph_ladybug.SPILL_DIR / "Memory-0.parquet").write_bytes(b"torn")
+    store = graph_ladybug.LadybugGraphStore(path)
+    try:
+        assert not (path / graph_ladybug.SPILL_DIR).exists()  # the open removed the leftovers
+        store.bulk_load(iter(memories), 300)
+        assert_graph(store, expected_graph(memories))
+        assert [t for t, _ in copied][:2] == ["Memory", "Memory"] and {t for t, _ in copied} == {
+            "Memory",
+            "Entity",
+            "MENTIONS",
+            "RELATES",
+        }
+        assert not (path / graph_ladybug.SPILL_DIR).exists()
+    finally:
+        store.close()
+
+
+def test_ladybug_bulk_load_that_cannot_spill_is_a_store_error_over_an_empty_store(tmp_path: Path) -> None:
+    from projections import graph_ladybug
+
+    stream = RandomStream(seed=2)
+    for _ in stream.batches(100):
+        pass
+    store = graph_ladybug.LadybugGraphStore(tmp_path / "graph")
+    try:
+        (tmp_path / "graph" / graph_ladybug.SPILL_DIR).write_text("a file where the directory goes")
+        with pytest.raises(StoreError, match="bulk loading up to seq 100 failed"):
+            store.bulk_load(iter(stream.live.values()), 100)
+        assert store.checkpoint() == 0 and store.counts()["memories"] == 0
+    finally:
+        store.close()
+
+
 def test_ladybug_layout_and_lock(ladybug_config: MemsyncConfig, no_lock_wait: None) -> None:
     store = _ladybug(ladybug_config)
     try:
