@@ -23,6 +23,7 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check memsync projections cli.py tests benchmarks
+	$(BIN)/ruff format --check memsync projections cli.py tests benchmarks
 	$(BIN)/mypy
 
 test: lint

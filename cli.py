@@ -494,8 +494,14 @@ def export(ctx: click.Context, target: Any) -> None:
 
 @main.command("import")
 @click.argument("source", type=click.File("rb"))
-@click.option("--format", "fmt", type=click.Choice(["memsync", "mem0"]), default="memsync", show_default=True,
-              help="memsync: an exported log; mem0: a mem0 1.x export (get_all output or a list of memories)")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["memsync", "mem0"]),
+    default="memsync",
+    show_default=True,
+    help="memsync: an exported log; mem0: a mem0 1.x export (get_all output or a list of memories)",
+)
 @json_option
 @click.pass_context
 def import_cmd(ctx: click.Context, source: Any, fmt: str, as_json: bool) -> None:
@@ -503,7 +509,6 @@ def import_cmd(ctx: click.Context, source: Any, fmt: str, as_json: bool) -> None
     if fmt == "mem0":
         _import_mem0(ctx, source, as_json)
         return
-
 
     def records() -> Iterator[tuple[Event, dict[str, Any]]]:
         for number, raw in enumerate(source, start=1):
@@ -665,8 +670,9 @@ def _progress_factory(enabled: bool) -> tuple[ProgressFactory | None, Callable[[
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="address for --metrics-port")
 @json_option
 @click.pass_context
-def project(ctx: click.Context, which: str, follow: bool, metrics_port: int | None, metrics_host: str,
-            as_json: bool) -> None:
+def project(
+    ctx: click.Context, which: str, follow: bool, metrics_port: int | None, metrics_host: str, as_json: bool
+) -> None:
     """Bring projections up to the head (or keep following it)."""
     system = app(ctx)
     if metrics_port is not None and not follow:

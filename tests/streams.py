@@ -56,8 +56,13 @@ def random_stream(
             live.clear()
             yield MemoriesReset(actor="test")
         elif r < reset_rate + bulk_rate and live:
-            scope = rng.choice([{"user_id": rng.choice(USERS)}, {"agent_id": rng.choice(AGENTS)},
-                                {"user_id": rng.choice(USERS), "run_id": rng.choice(RUNS)}])
+            scope = rng.choice(
+                [
+                    {"user_id": rng.choice(USERS)},
+                    {"agent_id": rng.choice(AGENTS)},
+                    {"user_id": rng.choice(USERS), "run_id": rng.choice(RUNS)},
+                ]
+            )
             for memory_id, (u, a, run) in list(live.items()):
                 have = {"user_id": u, "agent_id": a, "run_id": run}
                 if all(have[k] == v for k, v in scope.items()):

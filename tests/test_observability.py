@@ -27,8 +27,12 @@ MEMSYNC = str(Path(sys.executable).with_name("memsync"))
 
 
 def _env(data: Path) -> dict[str, str]:
-    return {**os.environ, "MEMSYNC_DATA_DIR": str(data), "MEMSYNC_FACADE__EMBEDDER": "lexical",
-            "MEMSYNC_SQLITE_SYNCHRONOUS": "NORMAL"}
+    return {
+        **os.environ,
+        "MEMSYNC_DATA_DIR": str(data),
+        "MEMSYNC_FACADE__EMBEDDER": "lexical",
+        "MEMSYNC_SQLITE_SYNCHRONOUS": "NORMAL",
+    }
 
 
 def _free_port() -> int:
@@ -39,12 +43,19 @@ def _free_port() -> int:
 
 def _append(data: Path, n: int, start: int) -> None:
     lines = "".join(
-        json.dumps({"type": "memory.added", "memory_id": f"m{i}", "text": f"note {i}", "user_id": "u",
-                    "vector": [1.0, float(i % 7), 0.5]}) + "\n"
+        json.dumps(
+            {
+                "type": "memory.added",
+                "memory_id": f"m{i}",
+                "text": f"note {i}",
+                "user_id": "u",
+                "vector": [1.0, float(i % 7), 0.5],
+            }
+        )
+        + "\n"
         for i in range(start, start + n)
     )
-    subprocess.run([MEMSYNC, "append", "-"], input=lines, text=True, env=_env(data), check=True,
-                   capture_output=True)
+    subprocess.run([MEMSYNC, "append", "-"], input=lines, text=True, env=_env(data), check=True, capture_output=True)
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -67,8 +78,13 @@ def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
 def test_metrics_endpoint_moves_with_a_real_follow_run(tmp_path: Path) -> None:
     data, port = tmp_path / "data", _free_port()
     _append(data, 5, 0)
-    proc = subprocess.Popen([MEMSYNC, "project", "--follow", "--metrics-port", str(port)], env=_env(data),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [MEMSYNC, "project", "--follow", "--metrics-port", str(port)],
+        env=_env(data),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait(lambda: _try_scrape(port).get('memsync_projection_checkpoint{projection="graph"}') == 5)
         before = _scrape(port)
@@ -122,11 +138,21 @@ def test_facade_append_metrics_count_appends_conflicts_and_refusals(tmp_path: Pa
 def test_json_logs_carry_context_and_never_secrets(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _append(data, 3, 0)
-    env = {**_env(data), "MEMSYNC_GRAPH__BACKEND": "neo4j", "MEMSYNC_GRAPH__URI": f"bolt://127.0.0.1:{_free_port()}",
-           "MEMSYNC_GRAPH__PASSWORD": "hunter2-very-secret", "MEMSYNC_PROJECTOR__MAX_ATTEMPTS": "2",
-           "MEMSYNC_PROJECTOR__BACKOFF_INITIAL": "0.01"}
-    proc = subprocess.run([MEMSYNC, "--log-format", "json", "--log-level", "debug", "project"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        **_env(data),
+        "MEMSYNC_GRAPH__BACKEND": "neo4j",
+        "MEMSYNC_GRAPH__URI": f"bolt://127.0.0.1:{_free_port()}",
+        "MEMSYNC_GRAPH__PASSWORD": "hunter2-very-secret",
+        "MEMSYNC_PROJECTOR__MAX_ATTEMPTS": "2",
+        "MEMSYNC_PROJECTOR__BACKOFF_INITIAL": "0.01",
+    }
+    proc = subprocess.run(
+        [MEMSYNC, "--log-format", "json", "--log-level", "debug", "project"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 3  # the graph store is unreachable; the vector projection still ran
     assert "hunter2" not in proc.stderr + proc.stdout
     records = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
@@ -151,8 +177,9 @@ def test_status_watch_in_a_real_terminal(tmp_path: Path) -> None:
 
         def shows(text: str) -> bool:
             nonlocal screen
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
-                                    text=True).stdout
+            screen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+            ).stdout
             return text in screen
 
         _wait(lambda: shows("head seq 3"))
@@ -170,8 +197,9 @@ def test_status_watch_in_a_real_terminal(tmp_path: Path) -> None:
 def test_status_watch_prints_plain_lines_when_not_a_terminal(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _append(data, 2, 0)
-    proc = subprocess.Popen([MEMSYNC, "status", "--watch", "--interval", "0.2"], env=_env(data),
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [MEMSYNC, "status", "--watch", "--interval", "0.2"], env=_env(data), stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     first = proc.stdout.readline()
     second = proc.stdout.readline()
@@ -201,8 +229,9 @@ def test_add_many_is_one_atomic_append(tmp_path: Path) -> None:
         m.close()
 
     async def run_async() -> None:
-        async with AsyncMemory.from_config({"data_dir": str(tmp_path / "async"),
-                                            "facade": {"embedder": "lexical"}}) as am:
+        async with AsyncMemory.from_config(
+            {"data_dir": str(tmp_path / "async"), "facade": {"embedder": "lexical"}}
+        ) as am:
             result = await am.add_many([{"text": "a", "user_id": "u"}, {"text": "b", "user_id": "u"}])
             assert [r["seq"] for r in result["results"]] == [1, 2]
 
@@ -211,13 +240,25 @@ def test_add_many_is_one_atomic_append(tmp_path: Path) -> None:
 
 MEM0_EXPORT = {
     "results": [
-        {"id": "9f1c3d1e-0000-4000-8000-000000000001", "memory": "Likes Italian food", "hash": "abc",
-         "metadata": {"category": "food"}, "created_at": "2025-03-01T10:00:00-08:00",
-         "updated_at": None, "user_id": "alice"},
-        {"id": "9f1c3d1e-0000-4000-8000-000000000002", "memory": "Allergic to nuts", "hash": "def",
-         "metadata": None, "created_at": "2025-03-02T10:00:00-08:00", "user_id": "alice", "agent_id": "chef"},
-        {"id": "9f1c3d1e-0000-4000-8000-000000000003", "memory": "Prefers mornings", "user_id": "bob",
-         "run_id": "r1"},
+        {
+            "id": "9f1c3d1e-0000-4000-8000-000000000001",
+            "memory": "Likes Italian food",
+            "hash": "abc",
+            "metadata": {"category": "food"},
+            "created_at": "2025-03-01T10:00:00-08:00",
+            "updated_at": None,
+            "user_id": "alice",
+        },
+        {
+            "id": "9f1c3d1e-0000-4000-8000-000000000002",
+            "memory": "Allergic to nuts",
+            "hash": "def",
+            "metadata": None,
+            "created_at": "2025-03-02T10:00:00-08:00",
+            "user_id": "alice",
+            "agent_id": "chef",
+        },
+        {"id": "9f1c3d1e-0000-4000-8000-000000000003", "memory": "Prefers mornings", "user_id": "bob", "run_id": "r1"},
     ]
 }
 
@@ -226,8 +267,9 @@ def test_import_a_mem0_export(tmp_path: Path) -> None:
     source = tmp_path / "mem0.json"
     source.write_text(json.dumps(MEM0_EXPORT))
     env = {"MEMSYNC_FACADE__EMBEDDER": "lexical"}
-    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "d"), "import", "--format", "mem0",
-                                       str(source), "--json"], env=env)
+    result = CliRunner().invoke(
+        main, ["--data-dir", str(tmp_path / "d"), "import", "--format", "mem0", str(source), "--json"], env=env
+    )
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)["results"]) == 3
     m = Memory.from_config({"data_dir": str(tmp_path / "d"), "facade": {"embedder": "lexical"}})
@@ -244,6 +286,7 @@ def test_import_a_mem0_export(tmp_path: Path) -> None:
         m.close()
     broken = {"results": [MEM0_EXPORT["results"][2], {"id": "x", "user_id": "u"}]}
     source.write_text(json.dumps(broken))
-    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "e"), "import", "--format", "mem0",
-                                       str(source)], env=env)
+    result = CliRunner().invoke(
+        main, ["--data-dir", str(tmp_path / "e"), "import", "--format", "mem0", str(source)], env=env
+    )
     assert result.exit_code == 2 and "item 1" in result.output
