@@ -27,12 +27,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Figure, Result, Settings, median, percentile
+from benchmarks.common import Figure, Result, Settings, Skipped, median, percentile
 from benchmarks.workload import Vectors, added_events
-from memsync.config import MemsyncConfig
+from memsync.config import GraphConfig, MemsyncConfig
 from memsync.events import Event, MemoryUpdated, RecordedEvent
 from memsync.projector import strip_vectors
 from memsync.sqlite_log import SQLiteEventLog
@@ -72,8 +73,8 @@ def _events(writer: int, count: int) -> list[Event]:
 class _InThread:
     """The follower as threads of this process, reporting through the ``after_batch`` hook."""
 
-    def __init__(self, data_dir: Path, reached: Reached, applied: Applied) -> None:
-        self.system = MemSync(MemsyncConfig(data_dir=data_dir))
+    def __init__(self, config: MemsyncConfig, reached: Reached, applied: Applied) -> None:
+        self.system = MemSync(config)
 
         def note(projection: str, first_seq: int, last_seq: int, seconds: float, **_: object) -> None:
             reached[projection].append((last_seq, time.monotonic()))
@@ -93,8 +94,8 @@ class _InThread:
 class _InProcess:
     """The follower in a child process; its stdout lines are ``projection last_seq monotonic``."""
 
-    def __init__(self, data_dir: Path, reached: Reached, applied: Applied) -> None:
-        command = [sys.executable, "-m", "benchmarks.bench_follow", "--child", str(data_dir)]
+    def __init__(self, config: MemsyncConfig, reached: Reached, applied: Applied) -> None:
+        command = [sys.executable, "-m", "benchmarks.bench_follow", "--child", str(config.data_dir)]
         self.child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         self.reader = threading.Thread(target=self._read, args=(reached, applied), daemon=True)
         self.reader.start()
@@ -112,7 +113,7 @@ class _InProcess:
         self.reader.join(timeout=10)
 
 
-def _run(settings: Settings, where: str) -> dict[str, Any]:
+def _run(settings: Settings, where: str, graph: GraphConfig | None = None) -> dict[str, Any]:
     # two minutes: long enough for a growing store (~45k memories) and for LadybugDB's WAL
     # checkpoints, whose stalls grow with the store; 20 s from an empty store saw neither and
     # flattered the follower (p99 30-35 ms there, 0.6-0.8 s over two minutes)
@@ -124,13 +125,14 @@ def _run(settings: Settings, where: str) -> dict[str, Any]:
     # full collection walks their 3.8M slots (~80 ms, in whichever thread triggers it).
     gc.collect()
     gc.freeze()
-    data_dir = settings.workdir / f"follow-{where}"
+    data_dir = settings.workdir / f"follow-{where}{'-' + graph.backend if graph else ''}"
     data_dir.mkdir()
+    config = MemsyncConfig(data_dir=data_dir, **({"graph": graph} if graph else {}))
     reached: Reached = {kind: [] for kind in KINDS}
     applied: Applied = {kind: [] for kind in KINDS}
     appended: list[tuple[int, float]] = []
     lock = threading.Lock()
-    follower = (_InThread if where == "thread" else _InProcess)(data_dir, reached, applied)
+    follower = (_InThread if where == "thread" else _InProcess)(config, reached, applied)
     log = follower.system.log if isinstance(follower, _InThread) else SQLiteEventLog(data_dir / "events.db")
     try:
         log.append(plans[0][:1])  # warm up: the stores exist and the first batch is done
@@ -195,6 +197,31 @@ def lag(settings: Settings) -> list[Result]:
             ).check(max_value=50.0)
         )
     return out
+
+
+def lag_neo4j(settings: Settings) -> list[Result]:
+    """The same, with Neo4j as the graph store (the follower in a thread): a server checkpoints
+    without stopping commits, which LadybugDB does not (docs/performance.md, "Follow lag")."""
+    from benchmarks.bench_rebuild import clear_neo4j, neo4j_server
+
+    stack = ExitStack()
+    try:
+        uri = stack.enter_context(neo4j_server(settings))
+    except Exception as e:  # no Java, no Maven cache, ...: say so instead of failing the whole run
+        return [Skipped("follow_lag_neo4j", f"no Neo4j server: {type(e).__name__}: {e}")]
+    with stack:
+        clear_neo4j(uri)
+        found = _run(settings, "thread", GraphConfig(backend="neo4j", uri=uri))
+        clear_neo4j(uri)
+    return [
+        Figure(
+            "follow_lag_neo4j",
+            f"follow lag, append -> Qdrant Edge + Neo4j, {RATE:.0f} events/s, follower in a thread",
+            found["p99_ms"],
+            "ms",
+            detail=found,
+        ).check(max_value=50.0)
+    ]
 
 
 def _lag(seq: int, appended_at: float, reached: Reached, seqs: dict[str, list[int]]) -> float:

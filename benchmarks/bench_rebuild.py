@@ -279,7 +279,8 @@ NEO4J_CREATE = (
 
 
 @contextmanager
-def _neo4j(settings: Settings) -> Iterator[str]:
+def neo4j_server(settings: Settings) -> Iterator[str]:
+    """The URI of ``--neo4j-uri``, or of a server started for the block (the test suite's)."""
     if settings.neo4j_uri:
         yield settings.neo4j_uri
         return
@@ -287,6 +288,14 @@ def _neo4j(settings: Settings) -> Iterator[str]:
 
     with Neo4jServer(pagecache="512m") as server:
         yield server.uri
+
+
+def clear_neo4j(uri: str) -> None:
+    """Delete everything in the Neo4j at ``uri``, constraints included."""
+    import neo4j as driver_module
+
+    with driver_module.GraphDatabase.driver(uri, auth=None) as driver:
+        _clear(driver)
 
 
 def _clear(driver: Any) -> None:
@@ -320,7 +329,7 @@ def neo4j(settings: Settings) -> list[Result]:
     graph = GraphInput(memories)
     stack = ExitStack()
     try:
-        uri = stack.enter_context(_neo4j(settings))
+        uri = stack.enter_context(neo4j_server(settings))
     except Exception as e:  # no Java, no Maven cache, ...: say so instead of failing the whole run
         return [Skipped("rebuild_neo4j", f"no Neo4j server: {type(e).__name__}: {e}")]
     with stack:

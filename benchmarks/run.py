@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, Callable[[Settings], list[Result]]] = {
     "rebuild_ladybug": bench_rebuild.ladybug,
     "rebuild_neo4j": bench_rebuild.neo4j,
     "follow_lag": bench_follow.lag,
+    "follow_lag_neo4j": bench_follow.lag_neo4j,
     "scale": bench_scale.scale,
 }
 

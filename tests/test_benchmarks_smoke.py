@@ -33,7 +33,7 @@ def test_smoke_run_exits_0_and_writes_its_json(tmp_path: Path) -> None:
     assert report["settings"]["smoke"] is True
     ran = report["benchmarks"]
     assert set(ran) >= {"append_single", "append_threads", "append_batch", "rebuild_vector", "rebuild_ladybug"}
-    assert set(ran) >= {"rebuild_neo4j", "follow_lag", "scale"}
+    assert set(ran) >= {"rebuild_neo4j", "follow_lag", "follow_lag_neo4j", "scale"}
     for name, result in ran.items():
         assert result["results"], name
         for figure in result["results"]:
