@@ -17,11 +17,11 @@ directories for the whole time.
 
 Engine facts this module works around (ladybug 0.22): the Python binding caches
 every statement it prepares, keyed by the parameters' types, with the last
-parameters bound, and an Arrow table is a new type each time, so the database
-is reopened after each bulk-load COPY and the writer connection recycled every
-RECYCLE_EVERY transactions (the cache would keep every batch alive); re-executing a cached ``COPY … FROM
-(subquery)`` crashes the process, so without pyarrow every COPY gets its own
-text. ``apply`` does not COPY: the commit of a transaction that COPYs runs the
+parameters bound, so the writer connection is recycled every RECYCLE_EVERY
+transactions (the cache would keep every batch alive), and a bulk load reopens
+the database after each COPY (the engine keeps what a COPY built otherwise);
+re-executing a cached ``COPY … FROM (subquery)`` crashes the process, so without
+pyarrow every COPY gets its own text. ``apply`` does not COPY: the commit of a transaction that COPYs runs the
 engine's CHECKPOINT (that is what makes the rows durable; see bulk_load), ~170 ms
 and more. Driver errors are ``RuntimeError``; they become
 :class:`~memsync.errors.StoreError` in :meth:`LadybugGraphStore._transaction`
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from memsync.config import MemsyncConfig
     from memsync.fold import MemoryState
 
-try:  # pyarrow makes bulk loads ~5x faster (COPY FROM an Arrow table instead of parameter lists)
+try:  # pyarrow makes bulk loads ~5x faster (COPY FROM Parquet files instead of parameter lists)
     import pyarrow
     import pyarrow.parquet
 except ImportError:  # pragma: no cover - the fallback is tested by setting pyarrow to None
@@ -319,11 +319,8 @@ class LadybugGraphStore(CypherGraphStore):
                 raise StoreError(f"{self.describe()}: {what} failed: {e}") from e
 
     def _copy(self, tx: _Tx, table: str, rows: list[Row]) -> None:
-        """COPY rows (dicts in the table's property order) into a table."""
+        """COPY rows (dicts in the table's property order) into a table, without pyarrow (see bulk_load)."""
         if not rows:
-            return
-        if pyarrow is not None:
-            tx.run(f"COPY {table} FROM $rows", {"rows": pyarrow.Table.from_pylist(rows, schema=_arrow_schema(rows[0]))})
             return
         self._copies += 1  # a fresh variable name makes a fresh statement (see the module docstring)
         var = f"r{self._copies}"
