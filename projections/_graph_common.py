@@ -71,6 +71,10 @@ class Tx(Protocol):
     def run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
         """Run one statement; return its rows (each a list of column values)."""
 
+    def write(self, query: str, params: dict[str, Any] | None = None) -> None:
+        """Run a statement whose rows are not needed: a backend may send it with the next one (or the commit),
+        but every statement runs, in order, before the next ``run`` and the commit."""
+
 
 # ---------------------------------------------------------------- batch shaping
 
@@ -269,7 +273,7 @@ class CypherGraphStore(GraphStore):
         bounds the memory a large batch takes (e.g. the retyped entities of a bulk load).
         """
         for start in range(0, len(rows), BATCH_ROWS):
-            tx.run(query, {"rows": rows[start : start + BATCH_ROWS]})
+            tx.write(query, {"rows": rows[start : start + BATCH_ROWS]})
 
     # -- Projection / GraphStore
 
@@ -330,12 +334,12 @@ class CypherGraphStore(GraphStore):
     def wipe(self) -> None:
         with self._write("wiping the graph") as tx:
             self._clear(tx)
-            tx.run(Q.CLEAR_CHECKPOINT)
+            tx.write(Q.CLEAR_CHECKPOINT)
 
     def drop_entities(self, keys: Sequence[str]) -> None:
         if keys:
             with self._write(f"dropping {len(keys)} entities") as tx:
-                tx.run(Q.DROP_ENTITIES, {"keys": list(keys)})
+                tx.write(Q.DROP_ENTITIES, {"keys": list(keys)})
 
     # -- the algorithm
 
@@ -344,11 +348,11 @@ class CypherGraphStore(GraphStore):
         return [row[0] for row in tx.run(f"MATCH (m:Memory) WHERE {where} RETURN m.memory_id", params)]
 
     def _clear(self, tx: Tx) -> None:
-        tx.run(Q.CLEAR_ENTITIES)
-        tx.run(Q.CLEAR_MEMORIES)
+        tx.write(Q.CLEAR_ENTITIES)
+        tx.write(Q.CLEAR_MEMORIES)
 
     def _set_checkpoint(self, tx: Tx, seq: int) -> None:
-        tx.run(Q.SET_CHECKPOINT, {"name": CHECKPOINT_NAME, "seq": seq})
+        tx.write(Q.SET_CHECKPOINT, {"name": CHECKPOINT_NAME, "seq": seq})
 
     def _replace(self, tx: Tx, pending: dict[str, MemoryState | None], before: dict[str, MemoryState]) -> None:
         """Write ``pending``, given what the store holds of the memories in ``before`` (see :func:`vouched`).
@@ -368,26 +372,32 @@ class CypherGraphStore(GraphStore):
         for memory_id in known_stored:
             state = before[memory_id]
             old_keys.update(rows.key(*state.scope, name) for name in state.mentions)
+        # what the batch's entities are stored as: read before any write (none of them changes an entity)
+        # so that a backend may send all the writes together (see Tx.write)
+        entity_types = dict(tx.run(Q.ENTITY_TYPES, {"keys": list(rows.entities)})) if rows.entities else {}
         stored = known_stored + in_store
         if stored:  # in a follow workload most memories of a batch are new: then none of this runs
-            tx.run(Q.DELETE_RELATES, {"ids": stored})
-            tx.run(Q.DELETE_MENTIONS, {"ids": stored})
+            tx.write(Q.DELETE_RELATES, {"ids": stored})
+            tx.write(Q.DELETE_MENTIONS, {"ids": stored})
             gone = [i for i in stored if pending[i] is None]
             if gone:
-                tx.run(Q.DELETE_MEMORIES, {"ids": gone})
+                tx.write(Q.DELETE_MEMORIES, {"ids": gone})
         known = set(stored)
         updated = [memory_row(m) for m in same.values()]
         self._batch(tx, Q.UPDATE_MEMORIES, updated + [row for row in rows.memories if row["memory_id"] in known])
         self._batch(tx, Q.CREATE_MEMORIES, [row for row in rows.memories if row["memory_id"] not in known])
-        types = self._write_entities(tx, rows, old_keys)
+        types = self._write_entities(tx, rows, entity_types, old_keys)
         self._batch(tx, Q.CREATE_MENTIONS, rows.mentions)
         self._batch(tx, Q.CREATE_RELATES, rows.relates)
         if old_keys:
             types.update(self._retype(tx, sorted(old_keys)))
         self._batch(tx, Q.SET_TYPES, [{"key": k, "type": t} for k, t in types.items()])
 
-    def _write_entities(self, tx: Tx, rows: GraphRows, old_keys: set[str]) -> dict[str, str | None]:
-        """CREATE the batch's new entities; return the new types of stored ones that only gained mentions.
+    def _write_entities(
+        self, tx: Tx, rows: GraphRows, stored: dict[str, str | None], old_keys: set[str]
+    ) -> dict[str, str | None]:
+        """CREATE the batch's new entities (those not in ``stored``, key -> stored type); return the new
+        types of stored ones that only gained mentions.
 
         A new entity is created with its type. An entity that only gains mentions
         can only get a smaller type, so its stored type and the batch's decide;
@@ -396,7 +406,6 @@ class CypherGraphStore(GraphStore):
         changed: dict[str, str | None] = {}
         if not rows.entities:
             return changed
-        stored = dict(tx.run(Q.ENTITY_TYPES, {"keys": list(rows.entities)}))
         self._batch(tx, Q.CREATE_ENTITIES, rows.entity_rows(k for k in rows.entities if k not in stored))
         for key, typ in stored.items():
             new = smaller_type(typ, rows.entities[key][1])
@@ -421,7 +430,7 @@ class CypherGraphStore(GraphStore):
             if new != typ:
                 changed[key] = new
         if orphans:
-            tx.run(Q.DROP_ENTITIES, {"keys": orphans})
+            tx.write(Q.DROP_ENTITIES, {"keys": orphans})
         return changed
 
 

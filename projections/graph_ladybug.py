@@ -142,6 +142,9 @@ class _Tx:
         finally:
             result.close()
 
+    def write(self, query: str, params: dict[str, Any] | None = None) -> None:
+        self.run(query, params)  # in-process: nothing to save by sending statements together
+
 
 class LadybugGraphStore(CypherGraphStore):
     """The graph in an embedded LadybugDB database at ``path`` (a directory).

@@ -20,6 +20,7 @@ no second database to build beside the live one and swap in.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -62,12 +63,38 @@ def open_neo4j_store(config: MemsyncConfig) -> Neo4jGraphStore:
     return Neo4jGraphStore(graph.uri, auth=auth, database=graph.database, timeout=graph.timeout)
 
 
+_PARAMETER = re.compile(r"\$(\w+)")  # a parameter in query text (queries hold no other `$`)
+
+
 class _Tx:
+    """A transaction whose writes go to the server together: each statement is a round trip, so the
+    writes that return nothing wait for the next ``run`` (or the commit) and go as one statement of
+    ``CALL { … }`` subqueries, in order (a later clause sees what an earlier one wrote)."""
+
     def __init__(self, tx: neo4j.Transaction) -> None:
         self._tx = tx
+        self._writes: list[tuple[str, dict[str, Any]]] = []
 
     def run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+        self.flush()
         return self._tx.run(query, params or {}).values()
+
+    def write(self, query: str, params: dict[str, Any] | None = None) -> None:
+        self._writes.append((query, params or {}))
+
+    def flush(self) -> None:
+        if not self._writes:
+            return
+        writes, self._writes = self._writes, []
+        if len(writes) == 1:
+            self._tx.run(*writes[0]).consume()
+            return
+        parts, params = [], {}
+        for i, (query, given) in enumerate(writes):  # each statement's parameters renamed apart
+            renamed = _PARAMETER.sub(rf"$\1_{i}", query)
+            parts.append(f"CALL {{ {renamed} }}")
+            params.update({f"{name}_{i}": value for name, value in given.items()})
+        self._tx.run("\n".join(parts), params).consume()
 
 
 class Neo4jGraphStore(CypherGraphStore):
@@ -121,7 +148,9 @@ class Neo4jGraphStore(CypherGraphStore):
         with self._errors(what):
             self._ensure_schema()
             with self._driver.session(database=self._database) as session, session.begin_transaction() as tx:
-                yield _Tx(tx)
+                writes = _Tx(tx)
+                yield writes
+                writes.flush()
                 tx.commit()
 
     @contextmanager
