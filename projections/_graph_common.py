@@ -32,7 +32,10 @@ An ``apply`` runs in one transaction with the checkpoint:
 5. write the checkpoint node ``(:MemsyncCheckpoint {name: 'graph', seq})``.
 
 Batches are passed as one list of rows (``UNWIND $rows AS x``): names,
-relations and texts are always parameters, never query text.
+relations and texts are always parameters, never query text. Statements that
+write and return nothing go through :meth:`Tx.write`, which a backend may send
+together with the ones after them (Neo4j does: a statement is a round trip);
+so what step 3 reads of the entities is read before step 2 writes.
 """
 
 from __future__ import annotations
