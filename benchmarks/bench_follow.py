@@ -125,9 +125,9 @@ def _run(settings: Settings, where: str, graph: GraphConfig | None = None) -> di
     # full collection walks their 3.8M slots (~80 ms, in whichever thread triggers it).
     gc.collect()
     gc.freeze()
-    data_dir = settings.workdir / f"follow-{where}{'-' + graph.backend if graph else ''}"
+    data_dir = settings.workdir / (f"follow-{where}" if graph is None else f"follow-{where}-{graph.backend}")
     data_dir.mkdir()
-    config = MemsyncConfig(data_dir=data_dir, **({"graph": graph} if graph else {}))
+    config = MemsyncConfig(data_dir=data_dir) if graph is None else MemsyncConfig(data_dir=data_dir, graph=graph)
     reached: Reached = {kind: [] for kind in KINDS}
     applied: Applied = {kind: [] for kind in KINDS}
     appended: list[tuple[int, float]] = []
@@ -183,45 +183,29 @@ def _run(settings: Settings, where: str, graph: GraphConfig | None = None) -> di
     }
 
 
+def _figure(benchmark: str, stores: str, where: str, found: dict[str, Any]) -> Figure:
+    name = f"follow lag, append -> {stores}, {RATE:.0f} events/s, follower in a {where}"
+    return Figure(benchmark, name, found["p99_ms"], "ms", detail=found).check(max_value=50.0)
+
+
 def lag(settings: Settings) -> list[Result]:
-    out = []
-    for where in ("process", "thread"):
-        found = _run(settings, where)
-        out.append(
-            Figure(
-                "follow_lag",
-                f"follow lag, append -> both stores, {RATE:.0f} events/s, follower in a {where}",
-                found["p99_ms"],
-                "ms",
-                detail=found,
-            ).check(max_value=50.0)
-        )
-    return out
+    return [_figure("follow_lag", "both stores", where, _run(settings, where)) for where in ("process", "thread")]
 
 
 def lag_neo4j(settings: Settings) -> list[Result]:
     """The same, with Neo4j as the graph store (the follower in a thread): a server checkpoints
     without stopping commits, which LadybugDB does not (docs/performance.md, "Follow lag")."""
-    from benchmarks.bench_rebuild import clear_neo4j, neo4j_server
+    from benchmarks.bench_rebuild import clear_neo4j, enter_neo4j
 
     stack = ExitStack()
-    try:
-        uri = stack.enter_context(neo4j_server(settings))
-    except Exception as e:  # no Java, no Maven cache, ...: say so instead of failing the whole run
-        return [Skipped("follow_lag_neo4j", f"no Neo4j server: {type(e).__name__}: {e}")]
+    uri = enter_neo4j(stack, settings, "follow_lag_neo4j")
+    if isinstance(uri, Skipped):
+        return [uri]
     with stack:
         clear_neo4j(uri)
         found = _run(settings, "thread", GraphConfig(backend="neo4j", uri=uri))
         clear_neo4j(uri)
-    return [
-        Figure(
-            "follow_lag_neo4j",
-            f"follow lag, append -> Qdrant Edge + Neo4j, {RATE:.0f} events/s, follower in a thread",
-            found["p99_ms"],
-            "ms",
-            detail=found,
-        ).check(max_value=50.0)
-    ]
+    return [_figure("follow_lag_neo4j", "Qdrant Edge + Neo4j", "thread", found)]
 
 
 def _lag(seq: int, appended_at: float, reached: Reached, seqs: dict[str, list[int]]) -> float:

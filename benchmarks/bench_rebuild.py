@@ -290,6 +290,15 @@ def neo4j_server(settings: Settings) -> Iterator[str]:
         yield server.uri
 
 
+def enter_neo4j(stack: ExitStack, settings: Settings, benchmark: str) -> str | Skipped:
+    """The URI of a Neo4j (see :func:`neo4j_server`) held until ``stack`` closes, or why there is none:
+    no Java, no Maven cache, ... are said in the benchmark's row instead of failing the whole run."""
+    try:
+        return stack.enter_context(neo4j_server(settings))
+    except Exception as e:
+        return Skipped(benchmark, f"no Neo4j server: {type(e).__name__}: {e}")
+
+
 def clear_neo4j(uri: str) -> None:
     """Delete everything in the Neo4j at ``uri``, constraints included."""
     import neo4j as driver_module
@@ -328,10 +337,9 @@ def neo4j(settings: Settings) -> list[Result]:
     events, memories = _folded(log_path)
     graph = GraphInput(memories)
     stack = ExitStack()
-    try:
-        uri = stack.enter_context(neo4j_server(settings))
-    except Exception as e:  # no Java, no Maven cache, ...: say so instead of failing the whole run
-        return [Skipped("rebuild_neo4j", f"no Neo4j server: {type(e).__name__}: {e}")]
+    uri = enter_neo4j(stack, settings, "rebuild_neo4j")
+    if isinstance(uri, Skipped):
+        return [uri]
     with stack:
         driver = driver_module.GraphDatabase.driver(uri, auth=None)
         config = MemsyncConfig(data_dir=settings.workdir / "neo4j", graph=GraphConfig(backend="neo4j", uri=uri))

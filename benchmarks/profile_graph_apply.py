@@ -8,6 +8,8 @@ fresh LadybugDB store (``--neo4j``: the test suite's Neo4j server, started for
 the run) in large batches, then applies the rest ``size`` events at a
 time the way the follower does (``plan_batch`` then ``apply``), timing every
 statement. Prints the median apply per batch and each statement's mean share.
+On Neo4j the writes go with the next read or the commit (``Tx.write``), so their
+time shows in that read's line or in the last one.
 A profile, not a benchmark: no anchor, no target.
 """
 
