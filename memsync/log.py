@@ -506,8 +506,7 @@ _gc_pausers = 0  # calls running with the collector paused; the last one out res
 _gc_resume = False  # the collector was enabled when the first one paused it
 
 
-@contextlib.contextmanager
-def gc_paused(events: int) -> Iterator[None]:
+def gc_paused(events: int) -> contextlib.AbstractContextManager[None]:
     """Pause the garbage collector around a large append (``events >= GC_PAUSE_EVENTS``).
 
     A batch keeps several tracked objects per event alive until its commit (the
@@ -515,24 +514,33 @@ def gc_paused(events: int) -> Iterator[None]:
     collections and trigger full ones, which walk everything the process holds
     (20–30 µs per event in a batch of 1000). Nothing an append allocates forms a
     cycle, so there is nothing for the collector to find meanwhile. The collector
-    runs again when the last paused call ends, and stays off if it was off.
+    runs again when the last paused call ends, and stays off if it was off. A
+    small call gets a context that does nothing (no generator to run).
     """
-    global _gc_pausers, _gc_resume
-    if events < GC_PAUSE_EVENTS:
-        yield
-        return
-    with _gc_lock:
-        if _gc_pausers == 0:
-            _gc_resume = gc.isenabled()
-            gc.disable()
-        _gc_pausers += 1
-    try:
-        yield
-    finally:
+    return _GC_PAUSE if events >= GC_PAUSE_EVENTS else _NO_PAUSE
+
+
+class _GCPause:
+    """The pause of :func:`gc_paused`: counted, so overlapping calls in several threads nest."""
+
+    def __enter__(self) -> None:
+        global _gc_pausers, _gc_resume
+        with _gc_lock:
+            if _gc_pausers == 0:
+                _gc_resume = gc.isenabled()
+                gc.disable()
+            _gc_pausers += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _gc_pausers
         with _gc_lock:
             _gc_pausers -= 1
             if _gc_pausers == 0 and _gc_resume:
                 gc.enable()
+
+
+_GC_PAUSE: Final = _GCPause()
+_NO_PAUSE: Final = contextlib.nullcontext()
 
 
 def plan_append(

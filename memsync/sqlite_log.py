@@ -6,12 +6,15 @@ in commit order with no gaps, whichever process appends.
 
 Group commit within a process: threads that append at the same time queue
 their calls; one of them (the leader) commits the whole queue in one
-transaction with one fsync. Each thread checks and encodes its events before
-it queues (:func:`~memsync.log.prepare`); the leader reads what the calls ask
-about in a few statements, runs their rules against that state plus what the
-earlier calls recorded (:class:`~memsync.log.AppendBatch`: a refused call is
-dropped in memory, so it does not take the others down), and writes the rows
-with one ``executemany`` per table.
+transaction with one fsync. The leader checks and encodes the calls' events
+(:func:`~memsync.log.prepare`, before it takes the write lock), reads what the
+calls ask about in a few statements, runs their rules against that state plus
+what the earlier calls recorded (:class:`~memsync.log.AppendBatch`: a refused
+call is dropped in memory, so it does not take the others down), and writes
+the rows with one ``executemany`` per table. The other threads sleep, each on
+its own lock, so the leader's Python never waits for theirs (one interpreter
+lock); once the leader reaches its ``COMMIT``, the first queued call leads the
+next batch and checks it while the fsync runs.
 """
 
 from __future__ import annotations
@@ -116,7 +119,6 @@ _INSERT_STREAM: Final = "INSERT INTO streams (memory_id, version, seq) VALUES (?
 _PAGE: Final = 1000
 _IN_CHUNK: Final = 500  # ids per `IN (...)` lookup
 _FLUSH_ROWS: Final = 5000  # buffered rows written between the calls of a group commit
-_GATHER_WAIT: Final = 0.001  # longest a leader waits for calls other threads are still making
 _CHECK_PROBLEMS: Final = 10  # most problems PRAGMA quick_check lists in an audit
 
 Page = Callable[[int, int], list[tuple[Any, ...]]]  # (cursor, page size) -> the page's rows
@@ -165,15 +167,30 @@ def _from_columns(values: tuple[Any, ...], *, unpack: bool) -> RecordedEvent:
 
 
 class _Call:
-    __slots__ = ("done", "error", "expected_version", "imported", "prepared", "result")
+    """One append call in the queue: its events until the leader prepares them, then its outcome."""
 
-    def __init__(self, prepared: Prepared, expected_version: int | None, imported: Sequence[Recorded] | None) -> None:
-        self.prepared = prepared
+    __slots__ = ("done", "error", "events", "expected_version", "imported", "prepared", "result", "wake")
+
+    def __init__(self, events: Sequence[Event], expected_version: int | None, imported: Sequence[Recorded] | None):
+        self.events = events
         self.expected_version = expected_version
         self.imported = imported
+        self.prepared: Prepared | None = None
         self.result: list[RecordedEvent] = []
         self.error: BaseException | None = None
         self.done = False
+        self.wake = threading.Lock()  # held until the call is done or its thread is to lead
+        self.wake.acquire()
+
+
+def _prepared(call: _Call) -> bool:
+    """Check and encode a call's events (:func:`~memsync.log.prepare`); a refusal is the call's outcome."""
+    try:
+        call.prepared = prepare(call.events)
+    except Exception as e:
+        call.error = e
+        return False
+    return True
 
 
 def _memory_row(r: tuple[Any, ...]) -> MemoryRow:
@@ -252,13 +269,11 @@ class SQLiteEventLog(EventLog):
         self.synchronous = synchronous
         self.fixed_dimension = fixed_dimension
         self._idle: list[sqlite3.Connection] = []  # reader connections not in use
-        self._leader = threading.Lock()
-        self._queued = threading.Lock()  # guards the queue, `_coming` and `_leading`
-        self._arrived = threading.Condition(self._queued)  # the calls being made have joined (a gathering leader waits)
-        self._committed = threading.Condition(self._queued)  # a batch is committed (the queued calls wait)
+        self._leader = threading.Lock()  # the write lock: one batch (or other write) at a time
+        self._mutex = threading.Lock()  # guards the queue, `_gathering` and `_committing`
         self._queue: list[_Call] = []
-        self._coming = 0  # calls being made (checked, encoded) by appending threads
-        self._leading = False  # a thread is committing the queue
+        self._gathering = False  # a thread leads the next batch and has not taken the write lock yet
+        self._committing = False  # the write lock's holder has statements to run before its COMMIT
         self._appended = threading.Condition()
         self._closed = False
         self._dimension: int | None = None  # once set in a log it never changes: cached after a commit
@@ -320,8 +335,7 @@ class SQLiteEventLog(EventLog):
     def append(self, events: Sequence[Event], *, expected_version: int | None = None) -> list[RecordedEvent]:
         if not events:
             return []
-        with gc_paused(len(events)):
-            return self._submit(lambda: _Call(prepare(events), expected_version, None))
+        return self._submit(_Call(events, expected_version, None))
 
     def import_records(self, records: Iterable[tuple[Event, dict[str, Any]]]) -> int:
         events: list[Event] = []
@@ -338,59 +352,71 @@ class SQLiteEventLog(EventLog):
                 )
             )
         if events:
-            with gc_paused(len(events)):
-                self._submit(lambda: _Call(prepare(events), None, given))
+            self._submit(_Call(events, None, given))
         return len(events)
 
-    def _submit(self, make: Callable[[], _Call]) -> list[RecordedEvent]:
-        """Queue a call (made, i.e. checked and encoded, outside the write lock) and wait for its commit."""
-        with self._queued:
-            self._coming += 1
-        try:
-            call = make()
-        except BaseException:
-            with self._queued:
-                self._arrive(None)
-            raise
-        with self._queued:  # queue the call, then wait for a leader to commit it, or lead
-            self._arrive(call)
-            while not call.done and self._leading:
-                self._committed.wait()
-            lead = not call.done
-            self._leading = self._leading or lead
-        if lead:
-            try:
-                with self._leader:
-                    self._commit(self._gather())
-            finally:
-                with self._queued:
-                    self._leading = False
-                    self._committed.notify_all()  # the calls just committed return, a waiting one leads next
+    def _submit(self, call: _Call) -> list[RecordedEvent]:
+        """Queue ``call`` and wait until a leader has committed it, or lead a batch.
+
+        A thread leads when no one is gathering a batch and no leader is busy
+        before its ``COMMIT``; otherwise it sleeps on its own lock until its
+        call is committed or it is made the next leader. So only the leader runs
+        Python while a batch is checked and written, and the next batch is
+        checked while this one's ``COMMIT`` waits for its fsync.
+        """
+        with self._mutex:
+            self._queue.append(call)
+            lead = not self._gathering and not self._committing
+            self._gathering = self._gathering or lead
+        if not lead:
+            call.wake.acquire()  # released when the call is done, or when it is to lead
+        if not call.done:
+            self._lead()
         if call.error is not None:
             raise call.error
         return call.result
 
-    def _arrive(self, call: _Call | None) -> None:
-        """A call being made joins the queue (``None``: it failed); holding ``_queued``.
-
-        Only a gathering leader waits for arrivals, and only for the last one: the
-        queued calls wait on ``_committed``, so an arrival wakes no one else.
-        """
-        self._coming -= 1
-        if call is not None:
-            self._queue.append(call)
-        if not self._coming:
-            self._arrived.notify()
-
-    def _gather(self) -> list[_Call]:
-        """The queued calls, once the calls other threads are still making have joined (or a moment passed):
-        they share this commit's fsync instead of waiting for the next one."""
-        deadline = time.monotonic() + _GATHER_WAIT
-        with self._queued:
-            while self._coming and (left := deadline - time.monotonic()) > 0:
-                self._arrived.wait(left)
+    def _lead(self) -> None:
+        """Check and encode the queued calls, then commit them once the write lock is free."""
+        with self._mutex:
             batch, self._queue = self._queue, []
-        return batch
+        gathering = True
+        try:
+            with gc_paused(sum(len(call.events) for call in batch)):
+                ready = [call for call in batch if _prepared(call)]
+                with self._leader:
+                    with self._mutex:
+                        self._gathering = gathering = False
+                        self._committing = True
+                    try:
+                        if ready:
+                            self._commit(ready)
+                    finally:
+                        self._open(committer=True)
+        except BaseException as e:  # an interrupt: no call of the batch may wait for ever
+            for call in batch:
+                if not call.done:
+                    call.error, call.result = call.error or e, []
+            raise
+        finally:
+            if gathering:  # failed before it took the write lock
+                with self._mutex:
+                    self._gathering = False
+                self._open(committer=False)
+            for call in batch:
+                call.done = True
+                call.wake.release()
+            with self._appended:
+                self._appended.notify_all()
+
+    def _open(self, *, committer: bool) -> None:
+        """The leader is past its last statement before ``COMMIT`` (or gone): the first queued call leads next."""
+        with self._mutex:
+            if committer:
+                self._committing = False
+            if self._queue and not self._gathering and not self._committing:
+                self._gathering = True
+                self._queue[0].wake.release()
 
     def _commit(self, batch: list[_Call]) -> None:
         """One transaction, one fsync, for every queued call (see :class:`~memsync.log.AppendBatch`)."""
@@ -404,6 +430,7 @@ class SQLiteEventLog(EventLog):
                     if tx.buffered >= _FLUSH_ROWS:  # between calls: a refused call never has to undo a write
                         _flush(db, tx)
                 _flush(db, tx)
+                self._open(committer=True)  # the next batch is checked while this one waits for its fsync
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
@@ -417,17 +444,13 @@ class SQLiteEventLog(EventLog):
                 call.error, call.result = call.error or error, []
             if not isinstance(e, sqlite3.DatabaseError):
                 raise
-        finally:
-            for call in batch:
-                call.done = True
-            with self._appended:
-                self._appended.notify_all()
 
     def _prime(self, db: sqlite3.Connection, batch: list[_Call]) -> AppendBatch:
         """Read, under the write lock, what the calls will ask about: a few statements per batch."""
         ids: dict[str, None] = {}
         memory_ids: dict[str, None] = {}
         for call in batch:
+            assert call.prepared is not None  # only checked calls are committed
             for event, fresh in zip(call.prepared.events, call.prepared.fresh, strict=True):
                 if not fresh:
                     ids[event.event_id or ""] = None
@@ -451,6 +474,7 @@ class SQLiteEventLog(EventLog):
         return tx
 
     def _apply_call(self, tx: AppendBatch, call: _Call) -> None:
+        assert call.prepared is not None
         tx.begin()
         try:
             call.result = plan_append(

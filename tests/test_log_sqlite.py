@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import signal
@@ -27,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from memsync.errors import CommandRefused, LogError
-from memsync.events import MemoriesDeleted
+from memsync.errors import CommandRefused, InputError, LogError
+from memsync.events import MemoriesDeleted, MemoryAdded
 from memsync.log import EventLog, Head
 from memsync.sqlite_log import SQLiteEventLog
 from tests.log_contract import EventLogContract, add, assert_undecodable_payload_names_its_seq, delete, update
@@ -343,6 +344,110 @@ def test_threads_share_one_log_group_commit(tmp_path: Path) -> None:
     assert max(batch_sizes) > 1, "threads never shared a commit"
     assert log.audit().ok
     log.close()
+
+
+def test_a_call_that_fails_its_checks_fails_alone_in_a_group_commit(tmp_path: Path) -> None:
+    """The leader checks the queued calls; a bad one is raised in its own thread, naming its event."""
+    log = SQLiteEventLog(tmp_path / "events.db")
+    threads, calls = 6, 40
+    barrier = threading.Barrier(threads)
+    outcomes: list[list[str]] = [[] for _ in range(threads)]
+
+    def work(t: int) -> None:
+        barrier.wait()
+        for i in range(calls):
+            if i % 5 == 4:  # its second event has a NaN in its vector
+                bad = [
+                    add(f"t{t}-x{i}"),
+                    MemoryAdded(memory_id=f"t{t}-y{i}", text="y", user_id="u", vector=[0.5, math.nan]),
+                ]
+                try:
+                    log.append(bad)
+                    outcomes[t].append("recorded")
+                except InputError as e:
+                    outcomes[t].append(f"{e.index}:{e.field}")
+            else:
+                outcomes[t].append(log.append([add(f"t{t}-{i}")])[0].memory_id or "")
+
+    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join(timeout=60)
+    assert not any(th.is_alive() for th in pool)
+    for t in range(threads):
+        assert outcomes[t] == [("1:vector[1]" if i % 5 == 4 else f"t{t}-{i}") for i in range(calls)]
+    records = list(log.read())
+    assert len(records) == threads * calls * 4 // 5
+    assert not any("-x" in (r.memory_id or "") or "-y" in (r.memory_id or "") for r in records)
+    assert log.audit().ok
+    log.close()
+
+
+def test_an_interrupt_while_leading_fails_its_batch_and_nobody_waits_for_ever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt (say) in the thread checking a batch: that batch's calls fail, the rest go on."""
+    import memsync.sqlite_log as sqlite_log
+
+    log = SQLiteEventLog(tmp_path / "events.db")
+    real = sqlite_log.prepare
+
+    def interrupted(events: Any) -> Any:  # the injected fault: a signal arriving while the leader checks
+        if events[0].memory_id == "t0-5":
+            raise KeyboardInterrupt
+        return real(events)
+
+    monkeypatch.setattr(sqlite_log, "prepare", interrupted)
+    threads, calls = 6, 30
+    barrier = threading.Barrier(threads)
+    failed: list[tuple[int, int, str]] = []
+
+    def work(t: int) -> None:
+        barrier.wait()
+        for i in range(calls):
+            try:
+                log.append([add(f"t{t}-{i}")])
+            except BaseException as e:  # whatever a call raises is kept, checked below
+                failed.append((t, i, type(e).__name__))
+
+    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join(timeout=60)
+    assert not any(th.is_alive() for th in pool), "a thread waits for a batch that will never commit"
+    assert ("t0-5" not in {r.memory_id for r in log.read()}) and failed, failed
+    assert {name for _, _, name in failed} == {"KeyboardInterrupt"}
+    recorded = {r.memory_id for r in log.read()}
+    assert recorded == {f"t{t}-{i}" for t in range(threads) for i in range(calls)} - {f"t{t}-{i}" for t, i, _ in failed}
+    monkeypatch.setattr(sqlite_log, "prepare", real)
+    [after] = log.append([add("after")])
+    assert after.seq == len(recorded) + 1 and log.audit().ok
+    log.close()
+
+
+def test_a_large_append_runs_with_the_garbage_collector_paused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    import memsync.sqlite_log as sqlite_log
+
+    seen: list[tuple[int, bool]] = []
+    real = sqlite_log.prepare
+    monkeypatch.setattr(
+        sqlite_log, "prepare", lambda events: seen.append((len(events), gc.isenabled())) or real(events)
+    )
+    with SQLiteEventLog(tmp_path / "events.db") as log:
+        log.append([add(f"small-{i}") for i in range(3)])
+        log.append([add(f"large-{i}") for i in range(200)])
+        gc.disable()
+        try:  # a collector the application turned off stays off
+            log.append([add(f"off-{i}") for i in range(200)])
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    assert seen == [(3, True), (200, False), (200, False)]
+    assert gc.isenabled()
 
 
 # ---------------------------------------------------------------- kill -9
