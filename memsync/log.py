@@ -478,8 +478,9 @@ class Prepared(msgspec.Struct, frozen=True, kw_only=True):
 def prepare(events: Sequence[Event]) -> Prepared:
     """Check and encode ``events`` (the costly part of an append, which needs no state).
 
-    A backend calls it in the appending thread, outside its write lock, so the
-    threads waiting for a group commit do this work while the leader commits.
+    A backend calls it outside its write lock: PostgreSQL in each appending
+    thread, SQLite in the leader of the next group commit while the current
+    one waits for its fsync.
     Raises :class:`~memsync.errors.InputError` naming the event's index.
     """
     checked: list[Event] = []
