@@ -176,7 +176,9 @@ class GraphInput:
             rows = self.memories[start : start + size]
             ids = [r["memory_id"] for r in rows]
             chunk_mentions = [x for i in ids for x in mentions.get(i, ())]
-            new = [self.entities[x["key"]] for x in chunk_mentions if x["key"] not in seen and not seen.add(x["key"])]
+            fresh = {x["key"]: None for x in chunk_mentions if x["key"] not in seen}  # first seen here, in order
+            seen.update(fresh)
+            new = [self.entities[key] for key in fresh]
             yield rows, new, chunk_mentions, [x for i in ids for x in relates.get(i, ())]
 
 

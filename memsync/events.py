@@ -60,8 +60,15 @@ class _Event(
     forbid_unknown_fields=True,
     omit_defaults=True,
     tag_field="type",
+    gc=False,
 ):
-    """Fields every event may carry (the envelope)."""
+    """Fields every event may carry (the envelope).
+
+    Events are not tracked by the garbage collector (``gc=False``, as
+    :class:`RecordedEvent`): they hold data, never a reference back to
+    themselves, and a page of the log or a batch holds thousands, which
+    the collector would otherwise walk again and again.
+    """
 
     event_id: str | None = None
     actor: str | None = None

@@ -368,6 +368,10 @@ class Memory:
             vector = self._embed([query])[0]
         else:
             vector = _floats(query, "query")
+            known = self.system.log.dimension()
+            if known is not None and len(vector) != known:
+                problem = f"`query` has dimension {len(vector)}, but this log's vectors have {known}"
+                raise InputError(problem, field="query")
         store = self.system.store("vector")
         assert isinstance(store, VectorStore)
         hits = store.search(vector, scope=scope, filters=dict(filters or {}), limit=limit, threshold=threshold)

@@ -252,6 +252,10 @@ class EventLog(ABC):
         """Counts of live memories at the head."""
 
     @abstractmethod
+    def dimension(self) -> int | None:
+        """The dimension of the log's vectors: recorded with the first, else configured; None if neither."""
+
+    @abstractmethod
     def wait(self, after: int, timeout: float) -> int:
         """Block until the head passes ``after`` or ``timeout`` elapses; return the head seq."""
 

@@ -409,6 +409,7 @@ class PostgresEventLog(EventLog):
 
     def __init__(self, url: str, *, fixed_dimension: int | None = None, keep_connections: int = 4) -> None:
         self.fixed_dimension = fixed_dimension
+        self._dimension: int | None = None  # the recorded one, once read
         try:
             params = conninfo_to_dict(url)
         except psycopg.Error:
@@ -714,6 +715,12 @@ class PostgresEventLog(EventLog):
         dim = self._tuples("SELECT value FROM meta WHERE key = 'dimension'")
         dimension = int(dim[0][0]) if dim else self.fixed_dimension
         return LogStats(live_memories=counts[0][0], with_vector=counts[0][1], dimension=dimension)
+
+    def dimension(self) -> int | None:
+        if self._dimension is None:  # once recorded it never changes: read until then
+            found = self._tuples("SELECT value FROM meta WHERE key = 'dimension'")
+            self._dimension = int(found[0][0]) if found else None
+        return self.fixed_dimension if self._dimension is None else self._dimension
 
     def seq_at(self, when: datetime) -> int:
         rows = self._tuples("SELECT MAX(seq) FROM events WHERE recorded_at <= %s", (format_time(when),))

@@ -616,6 +616,12 @@ class SQLiteEventLog(EventLog):
         dimension = int(dim[0][0]) if dim else self.fixed_dimension
         return LogStats(live_memories=rows[0][0], with_vector=rows[0][1], dimension=dimension)
 
+    def dimension(self) -> int | None:
+        if self._dimension is None:  # once recorded it never changes: read until then
+            found = self._execute("SELECT value FROM meta WHERE key = 'dimension'")
+            self._dimension = int(found[0][0]) if found else None
+        return self.fixed_dimension if self._dimension is None else self._dimension
+
     def wait(self, after: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         poll = 0.002

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from memsync.config import MemsyncConfig
+from memsync.errors import StoreError
 from memsync.fold import Fact, MemoryState
 from memsync.stores import (
     Delete,
@@ -96,6 +97,10 @@ class InMemoryVectorStore(_LiveMemories, VectorStore):
                 continue
             assert memory.vector is not None
             stored = np.frombuffer(memory.vector, dtype="<f4")
+            if stored.shape != query.shape:  # as the real stores refuse it
+                raise StoreError(
+                    f"in-memory vector store: search: the query has dimension {query.size}, the store {stored.size}"
+                )
             denominator = float(np.linalg.norm(query) * np.linalg.norm(stored)) or math.inf
             score = float(np.dot(query, stored)) / denominator
             if threshold is None or score >= threshold:

@@ -552,7 +552,11 @@ class EventLogContract:
 
     def test_first_vector_fixes_dimension(self, make_log: MakeLog) -> None:
         log = make_log("dims")
-        log.append([add("m1"), add("m2", vector=[0.1, 0.2, 0.3])])
+        other = make_log("dims")  # a second instance on the same log (another process, say)
+        log.append([add("m1")])
+        assert log.dimension() is None and other.dimension() is None
+        log.append([add("m2", vector=[0.1, 0.2, 0.3])])
+        assert log.dimension() == 3 and other.dimension() == 3
         assert_refused_nothing_recorded(log, [add("m3", vector=[0.1, 0.2])], InputError, event=1, says=("vector",))
         assert_refused_nothing_recorded(
             log, [add("m3"), update("m1", vector=[1.0] * 4)], InputError, event=2, says=("vector", "dimension")
@@ -560,12 +564,12 @@ class EventLogContract:
         log.append([update("m1", vector=[1.0, 2.0, 3.0])])
         log.close()
         reopened = make_log("dims")
-        assert reopened.stats().dimension == 3
+        assert reopened.stats().dimension == 3 and reopened.dimension() == 3
         assert_refused_nothing_recorded(reopened, [add("m4", vector=[1.0])], InputError, event=1)
 
     def test_fixed_dimension(self, make_log: MakeLog) -> None:
         log = make_log("fixed", fixed_dimension=4)
-        assert log.stats().dimension == 4
+        assert log.stats().dimension == 4 and log.dimension() == 4
         assert_refused_nothing_recorded(log, [add("m1", vector=[0.1, 0.2])], InputError, event=1, says=("vector",))
         log.append([add("m1", vector=[0.1, 0.2, 0.3, 0.4])])
         assert log.stats().dimension == 4

@@ -296,3 +296,15 @@ def test_memories_without_a_vector_are_skipped_and_counted(make_memory: Callable
     assert status["vector"]["skipped_without_vector"] == 1 and status["vector"]["lag"] == 0
     assert m.system.store("vector").count() == 1  # type: ignore[attr-defined]
     assert len(m.system.store("graph").snapshot().memories) == 2  # type: ignore[attr-defined]
+
+
+def test_a_search_vector_of_another_dimension_is_an_input_error(make_memory: Callable[..., Memory]) -> None:
+    m = make_memory("embedded", embedder=None)
+    with pytest.raises(InputError, match="search by text needs an embedder"):
+        m.search("anything", user_id="u")
+    assert m.search([0.5, 0.5], user_id="u")["results"] == []  # nothing recorded yet: any dimension is fine
+    m.add("tea", user_id="u", vector=[1.0, 0.0, 0.0])
+    with pytest.raises(InputError, match=r"`query` has dimension 2, but this log's vectors have 3") as info:
+        m.search([0.5, 0.5], user_id="u")
+    assert info.value.field == "query"
+    assert m.search([1.0, 0.0, 0.0], user_id="u")["results"][0]["memory"] == "tea"
