@@ -369,7 +369,11 @@ class SQLiteEventLog(EventLog):
             lead = not self._gathering and not self._committing
             self._gathering = self._gathering or lead
         if not lead:
-            call.wake.acquire()  # released when the call is done, or when it is to lead
+            try:
+                call.wake.acquire()  # released when the call is done, or when it is to lead
+            except BaseException:  # a signal's exception (KeyboardInterrupt) while waiting
+                self._abandon(call)
+                raise
         if not call.done:
             self._lead()
         if call.error is not None:
@@ -408,6 +412,21 @@ class SQLiteEventLog(EventLog):
                 call.wake.release()
             with self._appended:
                 self._appended.notify_all()
+
+    def _abandon(self, call: _Call) -> None:
+        """A waiting call's thread is leaving (interrupted): take the call out of the queue, hand on the lead.
+
+        A call a leader has taken already is committed (or refused) without anyone to return to.
+        """
+        with self._mutex:
+            if call.done or call not in self._queue:
+                return
+            self._queue.remove(call)
+            appointed = not call.wake.locked()  # only an appointment releases a queued call's lock
+        if appointed:
+            with self._mutex:
+                self._gathering = False
+            self._open(committer=False)
 
     def _open(self, *, committer: bool) -> None:
         """The leader is past its last statement before ``COMMIT`` (or gone): the first queued call leads next."""

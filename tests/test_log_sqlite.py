@@ -427,6 +427,54 @@ def test_an_interrupt_while_leading_fails_its_batch_and_nobody_waits_for_ever(
     log.close()
 
 
+def test_a_signal_while_waiting_for_a_group_commit_leaves_the_log_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in a thread queued behind a leader: its call leaves the queue, and appends go on."""
+    import memsync.sqlite_log as sqlite_log
+
+    log = SQLiteEventLog(tmp_path / "events.db")
+    real = sqlite_log.prepare
+    leading = threading.Event()
+
+    def slow(events: Any) -> Any:  # the leader is busy checking a batch while the main thread queues
+        if events[0].memory_id == "slow":
+            leading.set()
+            time.sleep(0.5)
+        return real(events)
+
+    monkeypatch.setattr(sqlite_log, "prepare", slow)
+    leader = threading.Thread(target=lambda: log.append([add("slow")]))
+    leader.start()
+    assert leading.wait(10)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            log.append([add("interrupted")])  # queued behind the leader, interrupted while it waits
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    leader.join(timeout=10)
+    assert not leader.is_alive()
+    done: list[str] = []
+    workers = [
+        threading.Thread(target=lambda i=i: done.append(log.append([add(f"after-{i}")])[0].memory_id or ""))
+        for i in range(4)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=10)
+    assert sorted(done) == [f"after-{i}" for i in range(4)], "appends after the interrupt never committed"
+    assert {r.memory_id for r in log.read()} == {"slow", "after-0", "after-1", "after-2", "after-3"}
+    log.close()
+
+
 def test_a_large_append_runs_with_the_garbage_collector_paused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gc
 
