@@ -712,9 +712,7 @@ class PostgresEventLog(EventLog):
 
     def stats(self) -> LogStats:
         counts = self._tuples("SELECT COUNT(*), COUNT(*) FILTER (WHERE has_vector) FROM memories WHERE live")
-        dim = self._tuples("SELECT value FROM meta WHERE key = 'dimension'")
-        dimension = int(dim[0][0]) if dim else self.fixed_dimension
-        return LogStats(live_memories=counts[0][0], with_vector=counts[0][1], dimension=dimension)
+        return LogStats(live_memories=counts[0][0], with_vector=counts[0][1], dimension=self.dimension())
 
     def dimension(self) -> int | None:
         if self._dimension is None:  # once recorded it never changes: read until then

@@ -404,9 +404,7 @@ class SQLiteEventLog(EventLog):
             raise
         finally:
             if gathering:  # failed before it took the write lock
-                with self._mutex:
-                    self._gathering = False
-                self._open(committer=False)
+                self._open(gatherer=True)
             for call in batch:
                 call.done = True
                 call.wake.release()
@@ -424,15 +422,16 @@ class SQLiteEventLog(EventLog):
             self._queue.remove(call)
             appointed = not call.wake.locked()  # only an appointment releases a queued call's lock
         if appointed:
-            with self._mutex:
-                self._gathering = False
-            self._open(committer=False)
+            self._open(gatherer=True)
 
-    def _open(self, *, committer: bool) -> None:
-        """The leader is past its last statement before ``COMMIT`` (or gone): the first queued call leads next."""
+    def _open(self, *, committer: bool = False, gatherer: bool = False) -> None:
+        """This thread gives up its role (the committer past its last statement before ``COMMIT``, or gone;
+        a gatherer that will not take the write lock): the first queued call leads next."""
         with self._mutex:
             if committer:
                 self._committing = False
+            if gatherer:
+                self._gathering = False
             if self._queue and not self._gathering and not self._committing:
                 self._gathering = True
                 self._queue[0].wake.release()
@@ -631,9 +630,7 @@ class SQLiteEventLog(EventLog):
 
     def stats(self) -> LogStats:
         rows = self._execute("SELECT COUNT(*), COALESCE(SUM(has_vector), 0) FROM memories WHERE live = 1")
-        dim = self._execute("SELECT value FROM meta WHERE key = 'dimension'")
-        dimension = int(dim[0][0]) if dim else self.fixed_dimension
-        return LogStats(live_memories=rows[0][0], with_vector=rows[0][1], dimension=dimension)
+        return LogStats(live_memories=rows[0][0], with_vector=rows[0][1], dimension=self.dimension())
 
     def dimension(self) -> int | None:
         if self._dimension is None:  # once recorded it never changes: read until then

@@ -298,6 +298,22 @@ def test_four_processes_append_to_one_file(tmp_path: Path) -> None:
     assert report.ok and report.checked == total
 
 
+def _together(threads: int, work: Callable[[int], None], *, timeout: float = 60.0) -> None:
+    """``work(0)`` … ``work(threads - 1)``, each in a thread of its own, released at once; all must end."""
+    barrier = threading.Barrier(threads)
+
+    def run(t: int) -> None:
+        barrier.wait()
+        work(t)
+
+    pool = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join(timeout=timeout)
+    assert not any(th.is_alive() for th in pool), "a thread is still waiting for its append"
+
+
 def test_threads_share_one_log_group_commit(tmp_path: Path) -> None:
     log = SQLiteEventLog(tmp_path / "events.db")
     batch_sizes: list[int] = []
@@ -309,14 +325,12 @@ def test_threads_share_one_log_group_commit(tmp_path: Path) -> None:
 
     log._commit = counting_commit  # type: ignore[method-assign]
     threads, calls = 8, 60
-    barrier = threading.Barrier(threads)
     recorded: list[list[str]] = [[] for _ in range(threads)]
     refused = [0] * threads
     errors: list[BaseException] = []
 
     def work(t: int) -> None:
         try:
-            barrier.wait()
             for i in range(calls):
                 if i % 4 == 3:
                     try:  # a refused call: its first event must not be recorded either
@@ -329,11 +343,7 @@ def test_threads_share_one_log_group_commit(tmp_path: Path) -> None:
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for th in pool:
-        th.start()
-    for th in pool:
-        th.join()
+    _together(threads, work)
     assert errors == []
     records = list(log.read())
     assert refused == [calls // 4] * threads
@@ -350,11 +360,9 @@ def test_a_call_that_fails_its_checks_fails_alone_in_a_group_commit(tmp_path: Pa
     """The leader checks the queued calls; a bad one is raised in its own thread, naming its event."""
     log = SQLiteEventLog(tmp_path / "events.db")
     threads, calls = 6, 40
-    barrier = threading.Barrier(threads)
     outcomes: list[list[str]] = [[] for _ in range(threads)]
 
     def work(t: int) -> None:
-        barrier.wait()
         for i in range(calls):
             if i % 5 == 4:  # its second event has a NaN in its vector
                 bad = [
@@ -369,12 +377,7 @@ def test_a_call_that_fails_its_checks_fails_alone_in_a_group_commit(tmp_path: Pa
             else:
                 outcomes[t].append(log.append([add(f"t{t}-{i}")])[0].memory_id or "")
 
-    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for th in pool:
-        th.start()
-    for th in pool:
-        th.join(timeout=60)
-    assert not any(th.is_alive() for th in pool)
+    _together(threads, work)
     for t in range(threads):
         assert outcomes[t] == [("1:vector[1]" if i % 5 == 4 else f"t{t}-{i}") for i in range(calls)]
     records = list(log.read())
@@ -400,23 +403,16 @@ def test_an_interrupt_while_leading_fails_its_batch_and_nobody_waits_for_ever(
 
     monkeypatch.setattr(sqlite_log, "prepare", interrupted)
     threads, calls = 6, 30
-    barrier = threading.Barrier(threads)
     failed: list[tuple[int, int, str]] = []
 
     def work(t: int) -> None:
-        barrier.wait()
         for i in range(calls):
             try:
                 log.append([add(f"t{t}-{i}")])
             except BaseException as e:  # whatever a call raises is kept, checked below
                 failed.append((t, i, type(e).__name__))
 
-    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for th in pool:
-        th.start()
-    for th in pool:
-        th.join(timeout=60)
-    assert not any(th.is_alive() for th in pool), "a thread waits for a batch that will never commit"
+    _together(threads, work)  # no thread waits for a batch that will never commit
     assert ("t0-5" not in {r.memory_id for r in log.read()}) and failed, failed
     assert {name for _, _, name in failed} == {"KeyboardInterrupt"}
     recorded = {r.memory_id for r in log.read()}
@@ -462,14 +458,7 @@ def test_a_signal_while_waiting_for_a_group_commit_leaves_the_log_usable(
     leader.join(timeout=10)
     assert not leader.is_alive()
     done: list[str] = []
-    workers = [
-        threading.Thread(target=lambda i=i: done.append(log.append([add(f"after-{i}")])[0].memory_id or ""))
-        for i in range(4)
-    ]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=10)
+    _together(4, lambda i: done.append(log.append([add(f"after-{i}")])[0].memory_id or ""), timeout=10)
     assert sorted(done) == [f"after-{i}" for i in range(4)], "appends after the interrupt never committed"
     assert {r.memory_id for r in log.read()} == {"slow", "after-0", "after-1", "after-2", "after-3"}
     log.close()
