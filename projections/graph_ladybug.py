@@ -30,13 +30,13 @@ durable; see bulk_load), ~170 ms and more. Driver errors are ``RuntimeError``; t
 
 from __future__ import annotations
 
-import ctypes
 import shutil
+import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import ladybug
 
@@ -45,22 +45,32 @@ from memsync.locks import DirLock
 from memsync.stores import Projection
 from projections._dirswap import open_locked, rebuild_dir, swap_in
 from projections._graph_common import BulkRows, CypherGraphStore, Q, Row, batched
+from projections._heap import trim_heap
 
 if TYPE_CHECKING:
     from memsync.config import MemsyncConfig
     from memsync.fold import MemoryState
 
-try:  # pyarrow makes bulk loads ~5x faster (COPY FROM Parquet files instead of parameter lists)
-    import pyarrow
-    import pyarrow.parquet
-except ImportError:  # pragma: no cover - the fallback is tested by setting pyarrow to None
-    pyarrow = None
+# pyarrow makes bulk loads ~5x faster (COPY FROM Parquet files instead of parameter lists). It is
+# imported by the first bulk load, not with the store: its libraries are ~45 MB of resident memory
+# that a follower never needs, and in `memsync rebuild` they would sit under the vector phase's peak.
+# None without it (the fallback is tested by setting this to None).
+_NOT_YET: Final = object()
+pyarrow: Any = _NOT_YET
 
-_malloc_trim: Callable[[int], int] | None
-try:  # glibc: hand the heap freed by a bulk-load chunk back to the OS (it keeps it otherwise)
-    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-except (OSError, AttributeError):  # pragma: no cover - not glibc
-    _malloc_trim = None
+
+def _arrow() -> Any:
+    """The pyarrow module with its Parquet writer loaded, or None when it is not installed."""
+    global pyarrow
+    if pyarrow is _NOT_YET:
+        try:
+            import pyarrow.parquet
+        except ImportError:  # pragma: no cover - the fallback is tested by setting pyarrow to None
+            pyarrow = None
+        else:
+            pyarrow = sys.modules["pyarrow"]
+    return pyarrow
+
 
 DB_FILE = "memsync.lbug"
 # memories folded into rows and spilled at a time by a bulk load (without pyarrow: COPYed, a transaction
@@ -110,10 +120,9 @@ def open_ladybug_store(config: MemsyncConfig) -> LadybugGraphStore:
 
 def release_memory() -> None:
     """Return memory freed by a chunk to the OS: Arrow's pool and the C heap keep it for reuse."""
-    if pyarrow is not None:
+    if pyarrow is not None and pyarrow is not _NOT_YET:
         pyarrow.default_memory_pool().release_unused()
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    trim_heap()
 
 
 def buffer_pool_for(path: Path) -> int:
@@ -279,7 +288,7 @@ class LadybugGraphStore(CypherGraphStore):
             if tx.run(Q.HAS_DATA):
                 raise StoreError(f"{self.describe()}: bulk_load needs an empty store")
         bulk = BulkRows()
-        spill = _Spill(self.path / SPILL_DIR) if pyarrow is not None else None
+        spill = _Spill(self.path / SPILL_DIR) if _arrow() is not None else None
         try:
             for chunk in batched(memories, BULK_CHUNK):
                 rows, entities = bulk.chunk(chunk)

@@ -77,6 +77,7 @@ from memsync.fold import MemoryState
 from memsync.locks import DirLock
 from memsync.stores import Op, Projection, VectorHit, VectorPoint, VectorStore
 from projections._dirswap import discard, fsync_dir, open_locked, rebuild_dir, swap_in
+from projections._heap import trim_heap
 from projections._vector_common import (
     PAGE,
     SCOPE_INDEXES,
@@ -246,6 +247,7 @@ class EdgeVectorStore(VectorStore):
             self._check_open()
             fresh._save_meta()  # an empty rebuild still leaves a directory to swap in
             fresh.close()
+            trim_heap()  # what the bulk load's shard held: the next phase of a rebuild starts without it
             self._close_shard(flush=False)  # replaced next (its WAL keeps it whole if the swap is undone)
             try:
                 swap_in(self.path, fresh.path)  # a step that fails is finished or undone like a crash
@@ -388,6 +390,7 @@ class EdgeVectorStore(VectorStore):
         writes; those pages stay resident (VmRSS) as long as they are mapped.
         """
         self._close_shard()
+        trim_heap()
         self._shard = EdgeShard.load(str(self.path / SHARD_DIR))
 
     def _close_shard(self, *, flush: bool = True) -> None:

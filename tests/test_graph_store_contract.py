@@ -388,6 +388,36 @@ def _ladybug(config: MemsyncConfig) -> GraphStore:
     return open_ladybug_store(config)
 
 
+def test_ladybug_loads_pyarrow_only_for_a_bulk_load(tmp_path: Path) -> None:
+    """pyarrow's libraries are ~45 MB resident: a follower never needs them, nor a rebuild's vector phase."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from memsync.stores import Upsert
+        from projections.graph_ladybug import LadybugGraphStore
+        from tests.fixtures_graph import RandomStream
+        stream = RandomStream(seed=5)
+        for _ in stream.batches(20):
+            pass
+        memories = list(stream.live.values())
+        store = LadybugGraphStore(Path({str(tmp_path / "graph")!r}))
+        store.apply([Upsert(m) for m in memories], 20)
+        print("apply", "pyarrow" in sys.modules)
+        store.close()
+        fresh = LadybugGraphStore(Path({str(tmp_path / "fresh")!r}))
+        fresh.bulk_load(iter(memories), 20)
+        print("bulk_load", "pyarrow" in sys.modules)
+        fresh.close()
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["apply", "False", "bulk_load", "True"]
+
+
 def test_ladybug_bulk_load_without_pyarrow(ladybug_config: MemsyncConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     from projections import graph_ladybug
 
