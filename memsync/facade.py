@@ -127,6 +127,8 @@ class Memory:
     ) -> dict[str, Any]:
         """Add one memory (a text) or one per message (``[{"role", "content"}]``)."""
         items = _texts(text_or_messages)
+        if memory_id is not None:
+            _check_memory_id(memory_id)
         if len(items) > 1 and (memory_id is not None or vector is not None):
             raise InputError("`memory_id` and `vector` apply to a single text, not a list of messages")
         vectors = self._vectors([t for t, _ in items], vector)
@@ -180,7 +182,10 @@ class Memory:
                 unknown = set(item) - _ADD_MANY_KEYS
                 if unknown:
                     raise InputError(f"unknown key(s) {sorted(unknown)}", field=sorted(unknown)[0])
-                meta = dict(item.get("metadata") or {})
+                meta = _as_dict(item["metadata"], "metadata") if item.get("metadata") is not None else {}
+                given_id = item.get("memory_id")
+                if given_id is not None:
+                    _check_memory_id(given_id)
                 vec = item.get("vector")
                 if vec is None and index in vectors and self.embedder is not None:
                     vec = vectors[index]
@@ -190,7 +195,7 @@ class Memory:
                 events.append(
                     check_event(
                         MemoryAdded(
-                            memory_id=item.get("memory_id") or str(uuid.uuid4()),
+                            memory_id=given_id or str(uuid.uuid4()),
                             text=texts[index],
                             user_id=item.get("user_id"),
                             agent_id=item.get("agent_id"),
@@ -226,7 +231,10 @@ class Memory:
         for index, item in enumerate(items):
             if not isinstance(item, Mapping) or not isinstance(item.get("memory"), str):
                 raise InputError(f"item {index}: a mem0 memory needs a string `memory`", field="memory", index=index)
-            metadata = dict(item.get("metadata") or {})
+            try:
+                metadata = _as_dict(item["metadata"], "metadata") if item.get("metadata") is not None else {}
+            except InputError as e:
+                raise InputError(f"item {index}: {e.detail}", field=e.field, index=index) from None
             if item.get("hash"):
                 metadata["mem0_hash"] = item["hash"]
             converted.append(

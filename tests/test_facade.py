@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from memsync import AsyncMemory, Hooks, InputError, Memory
@@ -308,3 +309,23 @@ def test_a_search_vector_of_another_dimension_is_an_input_error(make_memory: Cal
         m.search([0.5, 0.5], user_id="u")
     assert info.value.field == "query"
     assert m.search([1.0, 0.0, 0.0], user_id="u")["results"][0]["memory"] == "tea"
+
+
+def test_an_id_or_metadata_of_the_wrong_type_is_an_input_error_naming_it(make_memory: Callable[..., Memory]) -> None:
+    """Found by tests/test_fuzz.py: a numpy array as `memory_id` raised numpy's own ValueError (`x or default`)."""
+    m = make_memory("embedded", embedder=None)
+    with pytest.raises(InputError, match="`memory_id` must be a string, not ndarray") as info:
+        m.add([{"role": "user", "content": "hello"}], user_id="u", memory_id=np.array([1.0, 0.0]))  # type: ignore[arg-type]
+    assert info.value.field == "memory_id"
+    with pytest.raises(InputError, match="item 1: `memory_id` must be a string") as info:
+        m.add_many([{"text": "a", "user_id": "u"}, {"text": "b", "user_id": "u", "memory_id": np.array([1.0, 0.0])}])
+    assert info.value.field == "memory_id" and info.value.index == 1
+    with pytest.raises(InputError, match="item 0: `metadata` must be a mapping, not str") as info:
+        m.add_many([{"text": "a", "user_id": "u", "metadata": "ab"}])
+    assert info.value.field == "metadata"
+    with pytest.raises(InputError, match="item 0: `metadata` must be a mapping, not list") as info:
+        m.import_mem0({"results": [{"id": "x", "memory": "a", "user_id": "u", "metadata": [1, 2]}]})
+    assert info.value.field == "metadata"
+    assert m.system.log.head().seq == 0  # nothing recorded
+    m.add_many([{"text": "a", "user_id": "u", "memory_id": "m1", "metadata": {}}])
+    assert m.get("m1") is not None
