@@ -7,7 +7,7 @@ graph part only, as ``memsync rebuild graph`` does) into a fresh LadybugDB store
 in a child process per run, and prints the seconds, the child's peak RSS
 (VmHWM) and the store's counts. ``--chunk`` and ``--part`` override
 ``BULK_CHUNK`` and ``COPY_PART``. A profile, not a benchmark: no anchor, no
-target. It measured the choice of both constants (docs/performance.md).
+target. It measured the choice of both constants (docs/performance-history.md, fourth pass).
 """
 
 from __future__ import annotations
