@@ -31,7 +31,6 @@ durable; see bulk_load), ~170 ms and more. Driver errors are ``RuntimeError``; t
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -64,11 +63,9 @@ def _arrow() -> Any:
     global pyarrow
     if pyarrow is _NOT_YET:
         try:
-            import pyarrow.parquet
+            import pyarrow.parquet  # binds the global `pyarrow` to the package (declared global above)
         except ImportError:  # pragma: no cover - the fallback is tested by setting pyarrow to None
             pyarrow = None
-        else:
-            pyarrow = sys.modules["pyarrow"]
     return pyarrow
 
 

@@ -247,8 +247,8 @@ class EdgeVectorStore(VectorStore):
             self._check_open()
             fresh._save_meta()  # an empty rebuild still leaves a directory to swap in
             fresh.close()
-            trim_heap()  # what the bulk load's shard held: the next phase of a rebuild starts without it
             self._close_shard(flush=False)  # replaced next (its WAL keeps it whole if the swap is undone)
+            trim_heap()  # what both shards held: the next phase of a rebuild starts without it
             try:
                 swap_in(self.path, fresh.path)  # a step that fails is finished or undone like a crash
             finally:
